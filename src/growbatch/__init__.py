@@ -1,0 +1,23 @@
+"""growbatch: train by increasing the batch size instead of decaying the learning rate."""
+
+from .builders import (
+    Conversion,
+    cosine_lr,
+    from_lr_function,
+    from_lr_scheduler,
+    multistep_lr,
+    step_schedule,
+    warmup_stable_decay_lr,
+)
+from .noise import (
+    batch_size_for_momentum,
+    batch_size_for_noise_ratio,
+    effective_lr,
+    lr_for_batch_size,
+    noise_scale,
+    noise_scale_approx,
+)
+from .presets import PRESETS, get_preset
+from .schedule import Phase, Plan, Schedule
+
+__version__ = "0.1.0"

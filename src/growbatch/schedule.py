@@ -1,0 +1,273 @@
+"""Schedules as values: phases of (learning rate, batch size, momentum) over epochs.
+
+A schedule answers the three hyperparameters at any (fractional) epoch, cuts
+batches on the *sample clock*, and counts updates and samples exactly.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+from .noise import check_batch_size, check_dataset_size, check_momentum
+
+__all__ = ["Phase", "Schedule", "PhasePlan", "Plan", "SCHEDULE_VERSION"]
+
+SCHEDULE_VERSION = 1
+
+# NOTE [sample clock]: training position is measured as (epoch, position), with
+# position the number of samples of that epoch already cut into batches. A
+# phase starting at fractional epoch s begins at the first position p of epoch
+# floor(s) with p/N >= s - floor(s). Flattened, the clock is epoch*N + position,
+# so the sampler, the scheduler and the update counter agree on every cut.
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Constant hyperparameters over [start_epoch, end_epoch) (epochs may be fractional)."""
+
+    start_epoch: float
+    end_epoch: float
+    lr: float  # learning rate, per update (the optimizer's lr)
+    batch_size: int  # global logical batch
+    momentum: float = 0.0  # SGD momentum, or Adam's beta1
+
+    def __post_init__(self) -> None:
+        for name in ("start_epoch", "end_epoch", "lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TypeError(f"Phase.{name} should be a finite number, but got {name}={value!r}")
+        if self.start_epoch < 0 or self.end_epoch <= self.start_epoch:
+            raise ValueError(
+                "Phase needs 0 <= start_epoch < end_epoch, but got "
+                f"start_epoch={self.start_epoch}, end_epoch={self.end_epoch}"
+            )
+        if self.lr < 0:
+            raise ValueError(f"Phase.lr should be non-negative, but got lr={self.lr:g}")
+        check_batch_size(self.batch_size)
+        check_momentum(self.momentum)
+
+    def noise_scale(self, dataset_size: int) -> float:
+        """Exact noise scale g = lr/(1-m) * (N/B - 1) of this phase."""
+        return self.lr / (1.0 - self.momentum) * (dataset_size / self.batch_size - 1.0)
+
+    def noise_scale_approx(self, dataset_size: int) -> float:
+        """Approximate noise scale lr*N / (B*(1-m)), exact only for B << N."""
+        return self.lr / (1.0 - self.momentum) * dataset_size / self.batch_size
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """One phase with its exact counts of parameter updates and samples."""
+
+    start_epoch: float
+    end_epoch: float
+    lr: float
+    momentum: float
+    batch_size: int
+    noise_scale: float
+    updates: int
+    samples: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a schedule adds up to: per-phase and total updates and samples."""
+
+    name: str
+    dataset_size: int
+    epochs: int
+    drop_last: bool
+    phases: tuple[PhasePlan, ...]
+
+    @property
+    def total_updates(self) -> int:
+        return sum(p.updates for p in self.phases)
+
+    @property
+    def total_samples(self) -> int:
+        return sum(p.samples for p in self.phases)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "dataset_size": self.dataset_size,
+            "epochs": self.epochs,
+            "drop_last": self.drop_last,
+            "phases": [asdict(p) for p in self.phases],
+            "total_updates": self.total_updates,
+            "total_samples": self.total_samples,
+        }
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Piecewise-constant (lr, batch size, momentum) over ``epochs`` epochs of ``dataset_size`` samples.
+
+    Phases must be contiguous, start at epoch 0 and end on a whole epoch.
+
+    Example:
+        >>> s = Schedule((Phase(0, 2, 0.1, 128, 0.9), Phase(2, 3, 0.1, 640, 0.9)), dataset_size=1000)
+        >>> [s.batch_size_at(e) for e in (0, 1.5, 2, 2.99)]
+        [128, 128, 640, 640]
+        >>> s.plan().total_updates  # 2*ceil(1000/128) + ceil(1000/640)
+        18
+    """
+
+    phases: tuple[Phase, ...]
+    dataset_size: int
+    drop_last: bool = False
+    name: str = "custom"
+    _start_clocks: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_dataset_size(self.dataset_size)
+        if not isinstance(self.phases, tuple):
+            object.__setattr__(self, "phases", tuple(self.phases))
+        if not self.phases:
+            raise ValueError("a Schedule needs at least one Phase, but got phases=()")
+        if not all(isinstance(p, Phase) for p in self.phases):
+            raise TypeError("Schedule.phases should hold Phase values")
+        if self.phases[0].start_epoch != 0:
+            raise ValueError(f"the first phase should start at epoch 0, but starts at {self.phases[0].start_epoch}")
+        for a, b in zip(self.phases, self.phases[1:]):
+            if not math.isclose(a.end_epoch, b.start_epoch, abs_tol=_EPS):
+                raise ValueError(
+                    f"phases should be contiguous, but one ends at epoch {a.end_epoch} "
+                    f"and the next starts at {b.start_epoch}"
+                )
+        end = self.phases[-1].end_epoch
+        if abs(end - round(end)) > _EPS:
+            raise ValueError(f"a schedule should end on a whole epoch, but ends at epoch {end}")
+        for p in self.phases:
+            check_batch_size(p.batch_size, self.dataset_size)
+        object.__setattr__(self, "_start_clocks", tuple(self._clock_of(p.start_epoch) for p in self.phases))
+
+    # -- the clock -----------------------------------------------------------------
+    @property
+    def epochs(self) -> int:
+        """Number of whole epochs the schedule spans."""
+        return int(round(self.phases[-1].end_epoch))
+
+    def _clock_of(self, epoch: float) -> int:
+        """Flattened sample clock (epoch*N + position) at which a fractional epoch begins."""
+        whole = math.floor(epoch + _EPS)
+        position = math.ceil((epoch - whole) * self.dataset_size - _EPS * self.dataset_size)
+        return whole * self.dataset_size + max(0, position)
+
+    def phase_index_at(self, epoch: float, position: int | None = None) -> int:
+        """Index of the phase in force at ``epoch`` (fractional), or at (whole epoch, position)."""
+        if position is None:
+            clock = self._clock_of(epoch) if epoch > 0 else 0
+        else:
+            clock = int(epoch) * self.dataset_size + position
+        return max(0, bisect.bisect_right(self._start_clocks, clock) - 1)
+
+    def phase_at(self, epoch: float, position: int | None = None) -> Phase:
+        """The phase in force at ``epoch``; past the end, the last phase."""
+        return self.phases[self.phase_index_at(epoch, position)]
+
+    def lr_at(self, epoch: float, position: int | None = None) -> float:
+        return self.phase_at(epoch, position).lr
+
+    def batch_size_at(self, epoch: float, position: int | None = None) -> int:
+        return self.phase_at(epoch, position).batch_size
+
+    def momentum_at(self, epoch: float, position: int | None = None) -> float:
+        return self.phase_at(epoch, position).momentum
+
+    def noise_scale_at(self, epoch: float, position: int | None = None) -> float:
+        return self.phase_at(epoch, position).noise_scale(self.dataset_size)
+
+    def next_batch_size(self, epoch: int, position: int) -> int:
+        """Size of the global batch cut at ``position`` of ``epoch``; 0 when the epoch is over.
+
+        The batch follows the phase in force where it is cut; the last one of an
+        epoch is short (or, with ``drop_last``, not cut at all).
+        """
+        remaining = self.dataset_size - position
+        if remaining <= 0:
+            return 0
+        size = self.batch_size_at(epoch, position)
+        if size > remaining:
+            return 0 if self.drop_last else remaining
+        return size
+
+    def batch_sizes(self, epoch: int, position: int = 0) -> list[int]:
+        """Every global batch size of ``epoch`` from ``position`` on, in order."""
+        sizes = []
+        while (size := self.next_batch_size(epoch, position)) > 0:
+            sizes.append(size)
+            position += size
+        return sizes
+
+    # -- counting ------------------------------------------------------------------
+    def plan(self) -> Plan:
+        """Exact updates and samples per phase, by arithmetic over each epoch (no per-batch loop)."""
+        n = self.dataset_size
+        updates = [0] * len(self.phases)
+        samples = [0] * len(self.phases)
+        end_clocks = self._start_clocks[1:] + (self.epochs * n,)
+        for epoch in range(self.epochs):
+            position = 0
+            for i, phase in enumerate(self.phases):
+                seg_end = min(end_clocks[i] - epoch * n, n)
+                if seg_end <= position or self._start_clocks[i] >= (epoch + 1) * n:
+                    continue
+                size = phase.batch_size
+                # batches cut while position < seg_end, but only full ones fit before n
+                k = min(-(-(seg_end - position) // size), (n - position) // size)
+                updates[i] += k
+                samples[i] += k * size
+                position += k * size
+                if position < seg_end:  # fewer than `size` samples left in the epoch
+                    if not self.drop_last:
+                        updates[i] += 1
+                        samples[i] += n - position
+                    position = n
+                if position >= n:
+                    break
+        rows = tuple(
+            PhasePlan(
+                p.start_epoch, p.end_epoch, p.lr, p.momentum, p.batch_size,
+                p.noise_scale(n), updates[i], samples[i],
+            )
+            for i, p in enumerate(self.phases)
+        )
+        return Plan(self.name, n, self.epochs, self.drop_last, rows)
+
+    # -- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "version": SCHEDULE_VERSION,
+            "name": self.name,
+            "dataset_size": self.dataset_size,
+            "drop_last": self.drop_last,
+            "phases": [asdict(p) for p in self.phases],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Schedule:
+        if not isinstance(data, dict):
+            raise TypeError(f"a schedule should be a JSON object, but got {type(data).__name__}")
+        version = data.get("version")
+        if version != SCHEDULE_VERSION:
+            raise ValueError(f"schedule version should be {SCHEDULE_VERSION}, but got version={version!r}")
+        try:
+            phases = tuple(Phase(**p) for p in data["phases"])
+            return cls(phases, data["dataset_size"], bool(data.get("drop_last", False)), data.get("name", "custom"))
+        except KeyError as missing:
+            raise ValueError(f"a schedule needs the key {missing}") from None
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> Schedule:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"a schedule should be valid JSON: {err}") from None
