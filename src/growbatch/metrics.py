@@ -1,0 +1,60 @@
+"""Per-epoch metrics as JSON lines: appended, flushed and fsynced as each epoch ends.
+
+A run killed mid-write leaves a torn last line; readers detect and ignore it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["METRIC_KEYS", "append_record", "read_records", "write_records"]
+
+METRIC_KEYS = (
+    "epoch", "updates", "samples", "wall_s", "lr", "batch_size", "momentum",
+    "train_loss", "train_acc", "test_loss", "test_acc", "allreduces", "allreduce_s",
+)
+
+
+def append_record(path: Path, record: dict) -> None:
+    """Append one record as a line and make it durable before returning."""
+    line = json.dumps(record, sort_keys=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(path: Path) -> list[dict]:
+    """All complete records of a metrics file; a torn (unterminated or unparsable) last line is ignored.
+
+    Raises:
+        ValueError: a line other than the last is not valid JSON (the file is corrupt, not torn).
+    """
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    lines.pop()  # after the last newline: empty, or a line torn by a kill during the write
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path}: line {number} is not valid JSON; the metrics file is corrupt") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: line {number} is not a JSON object; the metrics file is corrupt")
+        records.append(record)
+    return records
+
+
+def write_records(path: Path, records: list[dict]) -> None:
+    """Replace a metrics file atomically with ``records`` (used when resuming from a checkpoint)."""
+    tmp = Path(f"{path}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
