@@ -18,6 +18,7 @@ from .noise import (
     noise_scale_approx,
 )
 from .presets import PRESETS, get_preset
+from .sampler import DynamicBatchSampler
 from .schedule import Phase, Plan, Schedule
 
 __version__ = "0.1.0"

@@ -1,0 +1,318 @@
+"""DynamicBatchSampler: a batch sampler whose global batch follows a Schedule on the sample clock.
+
+Batches are cut where the schedule says (see NOTE [sample clock] in schedule.py), split over
+ranks, and resumable mid-epoch; a ``DataLoader`` never has to be re-created at a milestone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils.data import Sampler
+
+from .noise import check_batch_size, check_dataset_size
+from .schedule import Phase, Schedule
+
+__all__ = ["DynamicBatchSampler", "SAMPLER_VERSION", "as_schedule", "check_cut_position", "derive_seed", "rank_share"]
+
+SAMPLER_VERSION = 1
+_MASK64 = (1 << 64) - 1
+
+
+def derive_seed(*values: int) -> int:
+    """A 63-bit seed mixed from integers (splitmix64), so (seed, epoch) pairs never collide like seed + epoch."""
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (value & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & _MASK64
+        state ^= state >> 29
+    return state >> 1
+
+
+def rank_share(global_batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, stop) of ``rank``'s share of a global batch: the first ``b % world_size`` ranks get one extra.
+
+    Example:
+        >>> [rank_share(10, r, 4) for r in range(4)]
+        [(0, 3), (3, 6), (6, 8), (8, 10)]
+        >>> [rank_share(2, r, 3) for r in range(3)]  # rank 2's share is empty
+        [(0, 1), (1, 2), (2, 2)]
+    """
+    base, extra = divmod(global_batch_size, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def check_cut_position(schedule: Schedule, epoch: int, position: int) -> None:
+    """Raise unless ``position`` is where ``schedule`` cuts a batch of ``epoch`` (or where the epoch ends)."""
+    cuts = [0]
+    for size in schedule.batch_sizes(epoch):
+        cuts.append(cuts[-1] + size)
+    if position not in cuts:
+        shown = ", ".join(map(str, cuts[:4])) + (f", ..., {cuts[-1]}" if len(cuts) > 4 else "")
+        raise ValueError(
+            f"position={position} is not where this schedule cuts a batch of epoch {epoch} "
+            f"(valid: {shown}); the state comes from another schedule"
+        )
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} should be an integer value, but got {name}={value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} should be an integer >= {minimum}, but got {name}={value}")
+    return value
+
+
+def as_schedule(dataset_size: int, schedule_or_batch_size: Schedule | int, drop_last: bool | None) -> Schedule:
+    """The Schedule that cuts the batches: an int becomes one phase; ``drop_last`` (if not None) overrides."""
+    dataset_size = check_dataset_size(dataset_size)
+    if drop_last is not None and not isinstance(drop_last, bool):
+        raise TypeError(f"drop_last should be None, True or False, but got drop_last={drop_last!r}")
+    if isinstance(schedule_or_batch_size, Schedule):
+        schedule = schedule_or_batch_size
+        if schedule.dataset_size != dataset_size:
+            raise ValueError(
+                f"the schedule is for dataset_size={schedule.dataset_size}, but dataset_size={dataset_size}; "
+                "build the schedule for this data set"
+            )
+        if drop_last is None or drop_last == schedule.drop_last:
+            return schedule
+        return dataclasses.replace(schedule, drop_last=drop_last)
+    if isinstance(schedule_or_batch_size, bool) or not isinstance(schedule_or_batch_size, int):
+        raise TypeError(
+            "schedule_or_batch_size should be a growbatch.Schedule or a positive int, "
+            f"but got {schedule_or_batch_size!r}"
+        )
+    check_batch_size(schedule_or_batch_size, dataset_size)
+    # one phase for one epoch: past the schedule's end the last phase holds, so it lasts forever
+    phase = Phase(0, 1, 1.0, schedule_or_batch_size)
+    return Schedule((phase,), dataset_size, bool(drop_last), f"constant-{schedule_or_batch_size}")
+
+
+class _Cut(NamedTuple):
+    """One global batch as cut: where, how big, and this rank's share of its indices."""
+
+    epoch: int
+    position: int  # samples of the epoch cut before this batch
+    global_batch_size: int
+    share_start: int  # offset of this rank's share within the global batch
+    indices: torch.Tensor  # this rank's share (int64, CPU); may be empty
+
+
+# NOTE [epoch end]: an epoch is over when the schedule cuts no further batch at the clock
+# (next_batch_size == 0). The clock then stays at (epoch, end) so state_dict() says "epoch done",
+# and the next pass (iter) moves it to (epoch + 1, 0) itself: `for epoch ...: for batch in loader`
+# works with or without set_epoch, and set_epoch(e) still jumps to the start of any epoch.
+
+# NOTE [prefetch]: a DataLoader pulls batches from its batch_sampler ahead of training
+# (num_workers * prefetch_factor of them), so `position` counts samples *cut*, not consumed.
+# state_dict(batches_consumed=k) returns the state after the first k batches of the current pass
+# instead: the count a loop gets from `enumerate(loader)`. TensorLoader does not prefetch.
+
+
+class DynamicBatchSampler(Sampler[list[int]]):
+    """Yields each rank's share of global batches whose size follows a Schedule on the sample clock.
+
+    Every epoch is a permutation drawn from (seed, epoch) (identical on all ranks), cut into
+    global batches by :meth:`Schedule.next_batch_size` at the number of samples already cut,
+    so a change of batch size can fall mid-epoch and prefetching never yields a stale size.
+    Each global batch is then split over ranks, the first ``b % world_size`` ranks getting one
+    sample more. When the global batch is smaller than ``world_size`` the last ranks get an
+    empty list, so that every rank yields the same number of batches (collectives stay in
+    step); a ``DataLoader``'s default collate cannot batch an empty list, so keep such batches
+    out of the schedule or use a ``collate_fn`` that handles them.
+
+    Args:
+        dataset_size: N, the number of samples.
+        schedule_or_batch_size: a :class:`Schedule` for N samples, or a fixed global batch size.
+        shuffle: a new permutation each epoch; False keeps the order 0..N-1.
+        seed: non-negative; with the epoch it fixes the permutation.
+        drop_last: None follows the schedule (False for an int); a bool overrides it.
+        rank, world_size: this process and the number of processes.
+
+    Example:
+        >>> s = Schedule((Phase(0, 1.5, 0.1, 400), Phase(1.5, 3, 0.1, 800)), dataset_size=1000)
+        >>> sampler = DynamicBatchSampler(1000, s)
+        >>> [[len(b) for b in sampler] for epoch in range(3)]  # the change falls at position 500 of epoch 1
+        [[400, 400, 200], [400, 400, 200], [800, 200]]
+    """
+
+    def __init__(
+        self,
+        dataset_size: int,
+        schedule_or_batch_size: Schedule | int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.schedule = as_schedule(dataset_size, schedule_or_batch_size, drop_last)
+        self.dataset_size = self.schedule.dataset_size
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle should be True or False, but got shuffle={shuffle!r}")
+        self.shuffle = shuffle
+        self.seed = _check_int("seed", seed, 0)
+        self.world_size = _check_int("world_size", world_size, 1)
+        self.rank = _check_int("rank", rank, 0)
+        if rank >= world_size:
+            raise ValueError(f"rank should be in [0, world_size={world_size}), but got rank={rank}")
+        self._epoch = 0
+        self._position = 0
+        self._last_global_batch_size = 0
+        self._perm_epoch: int | None = None
+        self._perm = torch.empty(0, dtype=torch.long)
+        self._pass = 0  # bumped whenever the clock is moved from outside; stale iterators stop
+        self._start_pass_record()
+
+    # -- the clock -----------------------------------------------------------------
+    @property
+    def drop_last(self) -> bool:
+        return self.schedule.drop_last
+
+    @property
+    def epoch(self) -> int:
+        """The epoch on the clock (0-based)."""
+        return self._epoch
+
+    @property
+    def position(self) -> int:
+        """Samples of the current epoch already cut into batches (not necessarily consumed)."""
+        return self._position
+
+    @property
+    def last_global_batch_size(self) -> int:
+        """Global size of the batch cut most recently (0 before the first one)."""
+        return self._last_global_batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move the clock to the start of ``epoch``; an iteration in progress stops."""
+        self._epoch = _check_int("epoch", epoch, 0)
+        self._position = 0
+        self._pass += 1
+        self._start_pass_record()
+
+    def _epoch_over(self) -> bool:
+        return self.schedule.next_batch_size(self._epoch, self._position) == 0
+
+    def _start_pass_record(self) -> None:
+        self._pass_position = self._position
+        self._pass_last_size = self._last_global_batch_size
+        self._pass_batches = 0
+
+    def __len__(self) -> int:
+        """Batches a pass started now yields: the rest of the current epoch, or all of the next once it is over."""
+        if self._epoch_over():
+            return len(self.schedule.batch_sizes(self._epoch + 1))
+        return len(self.schedule.batch_sizes(self._epoch, self._position))
+
+    # -- iteration -----------------------------------------------------------------
+    def __iter__(self) -> Iterator[list[int]]:
+        return (cut.indices.tolist() for cut in self._cuts())
+
+    def _cuts(self) -> Iterator[_Cut]:
+        """Start a pass (see NOTE [epoch end]) and return the generator of its cuts."""
+        if self._epoch_over():
+            self._epoch += 1
+            self._position = 0
+        self._pass += 1
+        self._start_pass_record()
+        return self._cut_until_epoch_end(self._pass)
+
+    def _cut_until_epoch_end(self, pass_id: int) -> Iterator[_Cut]:
+        perm = self._permutation(self._epoch)
+        while pass_id == self._pass:
+            epoch, position = self._epoch, self._position
+            size = self.schedule.next_batch_size(epoch, position)
+            if size == 0:
+                return
+            start, stop = rank_share(size, self.rank, self.world_size)
+            # the clock moves when the batch is cut, before anyone consumes it
+            self._position = position + size
+            self._last_global_batch_size = size
+            self._pass_batches += 1
+            yield _Cut(epoch, position, size, start, perm[position + start:position + stop])
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if self._perm_epoch != epoch:
+            if self.shuffle:
+                generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
+                self._perm = torch.randperm(self.dataset_size, generator=generator)
+            else:
+                self._perm = torch.arange(self.dataset_size)
+            self._perm_epoch = epoch
+        return self._perm
+
+    # -- checkpointing -------------------------------------------------------------
+    def state_dict(self, batches_consumed: int | None = None) -> dict[str, Any]:
+        """The clock and what fixes the order, as plain values.
+
+        Args:
+            batches_consumed: None for the clock as it stands (exact without prefetch). With a
+                prefetching DataLoader, the number of batches the loop has taken from the current
+                pass (``for i, batch in enumerate(loader)`` gives ``i + 1``); the state is then
+                the one right after those batches (see NOTE [prefetch]).
+
+        Raises:
+            ValueError: ``batches_consumed`` is negative or more than this pass has cut.
+        """
+        epoch, position, last = self._epoch, self._position, self._last_global_batch_size
+        if batches_consumed is not None:
+            _check_int("batches_consumed", batches_consumed, 0)
+            if batches_consumed > self._pass_batches:
+                raise ValueError(
+                    f"batches_consumed should be at most the {self._pass_batches} batches this pass has cut, "
+                    f"but got batches_consumed={batches_consumed}; count batches since the current `for` loop began"
+                )
+            position, last = self._pass_position, self._pass_last_size
+            for _ in range(batches_consumed):
+                last = self.schedule.next_batch_size(epoch, position)
+                position += last
+        return {
+            "version": SAMPLER_VERSION,
+            "dataset_size": self.dataset_size,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "epoch": epoch,
+            "position": position,
+            "last_global_batch_size": last,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``: the next batches are those the saved sampler would have cut next.
+
+        Raises:
+            ValueError: the state is from another version or data set size, or its position is not
+                where this schedule cuts a batch.
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"state should be a dict from DynamicBatchSampler.state_dict(), but got {type(state).__name__}")
+        if state.get("version") != SAMPLER_VERSION:
+            raise ValueError(
+                f"sampler state version should be {SAMPLER_VERSION}, but got version={state.get('version')!r}"
+            )
+        if state.get("dataset_size") != self.dataset_size:
+            raise ValueError(
+                f"the state is for dataset_size={state.get('dataset_size')!r}, but this sampler has "
+                f"dataset_size={self.dataset_size}; load a state saved for the same data set"
+            )
+        missing = {"seed", "shuffle", "epoch", "position", "last_global_batch_size"} - state.keys()
+        if missing:
+            raise ValueError(f"the sampler state lacks the keys {sorted(missing)}")
+        seed = _check_int("seed", state["seed"], 0)
+        epoch = _check_int("epoch", state["epoch"], 0)
+        position = _check_int("position", state["position"], 0)
+        last = _check_int("last_global_batch_size", state["last_global_batch_size"], 0)
+        if not isinstance(state["shuffle"], bool):
+            raise TypeError(f"shuffle should be True or False, but got shuffle={state['shuffle']!r}")
+        check_cut_position(self.schedule, epoch, position)
+        self.seed, self.shuffle = seed, state["shuffle"]
+        self._epoch, self._position, self._last_global_batch_size = epoch, position, last
+        self._perm_epoch = None
+        self._pass += 1
+        self._start_pass_record()
