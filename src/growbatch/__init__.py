@@ -9,6 +9,7 @@ from .builders import (
     step_schedule,
     warmup_stable_decay_lr,
 )
+from .loader import TensorLoader
 from .noise import (
     batch_size_for_momentum,
     batch_size_for_noise_ratio,

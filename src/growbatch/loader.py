@@ -1,0 +1,185 @@
+"""TensorLoader: the whole data set as one tensor on the device, batched augmentation, dynamic batches.
+
+The fast path for data that fits in memory: gather a batch by index, then convert, crop, flip
+and normalise the whole batch at once. Batches follow a DynamicBatchSampler exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .sampler import DynamicBatchSampler, _check_int, derive_seed
+from .schedule import Schedule
+
+__all__ = ["TensorLoader"]
+
+_AUGMENT_SALT = 0x41756721  # keeps augmentation seeds apart from permutation seeds
+
+
+def _channel_vector(name: str, values: Sequence[float] | torch.Tensor | None, channels: int,
+                    default: float) -> torch.Tensor:
+    if values is None:
+        return torch.full((channels,), default, dtype=torch.float32)
+    vector = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if vector.numel() != channels:
+        raise ValueError(f"{name} should have one value per channel ({channels}), but got {name}={values!r}")
+    return vector
+
+
+class TensorLoader:
+    """Yields ``(inputs, targets)`` of this rank's share of each batch, from tensors held on ``device``.
+
+    Per batch: gather by index; random crop with zero padding of ``crop_padding`` pixels (as
+    torchvision's ``RandomCrop(H, padding)``, padding in raw pixel values) and a horizontal flip
+    with probability 1/2, both for the whole batch in one indexing operation; then float32
+    (divided by 255 for uint8) and ``(x - mean) / std`` per channel. The augmentation of a batch
+    is drawn from (seed, epoch, position where the batch is cut) for the *global* batch, so it is
+    the same on 1 or 8 ranks and after a resume. Batches, ranks, ``len``, epochs and state are
+    those of the :class:`DynamicBatchSampler` in ``sampler`` (an empty share gives tensors of
+    length 0).
+
+    Args:
+        inputs: N x C x H x W, uint8 (preferred: 4x less memory) or floating point.
+        targets: N class indices (any integer dtype); yielded as int64.
+        schedule_or_batch_size, shuffle, seed, drop_last, rank, world_size: as for the sampler.
+        mean, std: C values each, in the units after conversion (so in [0, 1] for uint8 inputs).
+        crop_padding: pixels of zero padding for the random crop (4 for CIFAR); 0 disables it.
+        flip: random horizontal flips.
+        device: where data and batches live; None keeps the device of ``inputs``.
+        channels_last: yield inputs in ``torch.channels_last`` memory format.
+
+    Example:
+        >>> x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
+        >>> loader = TensorLoader(x, torch.zeros(10, dtype=torch.long), 4, shuffle=False)
+        >>> [(255 * inputs.flatten()).round().tolist() for inputs, _ in loader]
+        [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0], [8.0, 9.0]]
+    """
+
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        schedule_or_batch_size: Schedule | int,
+        *,
+        mean: Sequence[float] | torch.Tensor | None = None,
+        std: Sequence[float] | torch.Tensor | None = None,
+        crop_padding: int = 0,
+        flip: bool = False,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+            raise TypeError(f"inputs and targets should be tensors, but got {type(inputs).__name__} "
+                            f"and {type(targets).__name__}")
+        if inputs.dim() != 4:
+            raise ValueError(f"inputs should be N x C x H x W, but got shape {tuple(inputs.shape)}")
+        if inputs.dtype != torch.uint8 and not inputs.is_floating_point():
+            raise TypeError(f"inputs should be uint8 or floating point, but got dtype={inputs.dtype}")
+        if targets.shape != inputs.shape[:1] or targets.is_floating_point() or targets.is_complex():
+            raise ValueError(f"targets should be {inputs.shape[0]} integer class indices, but got "
+                             f"shape {tuple(targets.shape)}, dtype={targets.dtype}")
+        self.crop_padding = _check_int("crop_padding", crop_padding, 0)
+        if not isinstance(flip, bool) or not isinstance(channels_last, bool):
+            raise TypeError(f"flip and channels_last should be True or False, but got flip={flip!r}, "
+                            f"channels_last={channels_last!r}")
+        self.flip, self.channels_last = flip, channels_last
+        self.sampler = DynamicBatchSampler(
+            inputs.shape[0], schedule_or_batch_size, shuffle=shuffle, seed=seed,
+            drop_last=drop_last, rank=rank, world_size=world_size,
+        )
+        self.device = torch.device(device) if device is not None else inputs.device
+        # the data moves to the device once; batches are gathered there
+        self.inputs = inputs.to(self.device)
+        self.targets = targets.to(self.device, torch.long)
+        channels = inputs.shape[1]
+        mean_vector = _channel_vector("mean", mean, channels, 0.0)
+        std_vector = _channel_vector("std", std, channels, 1.0)
+        if not bool((std_vector > 0).all()):
+            raise ValueError(f"std should be positive in every channel, but got std={std!r}")
+        # (x/255 - mean)/std as one multiply-add: x * scale + shift
+        self._uint8_scale = (1.0 / (255.0 * std_vector)).view(-1, 1, 1).to(self.device)
+        self._float_scale = (1.0 / std_vector).view(-1, 1, 1).to(self.device)
+        self._shift = (-mean_vector / std_vector).view(-1, 1, 1).to(self.device)
+
+    # -- the sampler's clock and state ---------------------------------------------
+    @property
+    def dataset_size(self) -> int:
+        return self.sampler.dataset_size
+
+    @property
+    def seed(self) -> int:
+        return self.sampler.seed
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    @property
+    def position(self) -> int:
+        return self.sampler.position
+
+    @property
+    def last_global_batch_size(self) -> int:
+        """Global size of the batch yielded last (this rank's share may be smaller)."""
+        return self.sampler.last_global_batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's state; exact, since nothing is prefetched."""
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+
+    # -- batches -------------------------------------------------------------------
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for cut in self.sampler._cuts():
+            indices = cut.indices.to(self.device, non_blocking=True)
+            batch = self.inputs.index_select(0, indices)
+            if self.crop_padding or self.flip:
+                batch = self._augment(batch, cut.epoch, cut.position, cut.global_batch_size, cut.share_start)
+            yield self.normalize(batch), self.targets.index_select(0, indices)
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """float32, /255 for uint8, ``(x - mean)/std``, on the loader's device (also for evaluation batches)."""
+        batch = batch.to(self.device, non_blocking=True)
+        scale = self._uint8_scale if batch.dtype == torch.uint8 else self._float_scale
+        out = torch.addcmul(self._shift, batch.to(torch.float32), scale)
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def _augment(self, batch: torch.Tensor, epoch: int, position: int, global_batch_size: int,
+                 share_start: int) -> torch.Tensor:
+        """Random crop and flip of a batch at once; randomness drawn for the global batch, then sliced."""
+        size, channels, height, width = batch.shape
+        pad = self.crop_padding
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, position, _AUGMENT_SALT))
+        offsets = torch.randint(0, 2 * pad + 1, (2, global_batch_size), generator=generator)
+        flips = torch.randint(0, 2, (global_batch_size,), generator=generator, dtype=torch.bool)
+        share = slice(share_start, share_start + size)
+        offsets, flips = offsets[:, share].to(self.device), flips[share].to(self.device)
+        if not self.flip:
+            flips = torch.zeros_like(flips)
+        padded = F.pad(batch, (pad, pad, pad, pad)) if pad else batch
+        rows = offsets[0, :, None] + torch.arange(height, device=self.device)  # size x H
+        columns = torch.arange(width, device=self.device).expand(size, width)
+        # a flip reads the columns right to left
+        columns = torch.where(flips[:, None], width - 1 - columns, columns) + offsets[1, :, None]  # size x W
+        samples = torch.arange(size, device=self.device)[:, None, None, None]
+        channel = torch.arange(channels, device=self.device)[None, :, None, None]
+        return padded[samples, channel, rows[:, None, :, None], columns[:, None, None, :]]
