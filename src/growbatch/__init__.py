@@ -21,5 +21,6 @@ from .noise import (
 from .presets import PRESETS, get_preset
 from .sampler import DynamicBatchSampler
 from .schedule import Phase, Plan, Schedule
+from .scheduler import BatchSizeScheduler
 
 __version__ = "0.1.0"
