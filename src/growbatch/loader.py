@@ -109,6 +109,11 @@ class TensorLoader:
         self._uint8_scale = (1.0 / (255.0 * std_vector)).view(-1, 1, 1).to(self.device)
         self._float_scale = (1.0 / std_vector).view(-1, 1, 1).to(self.device)
         self._shift = (-mean_vector / std_vector).view(-1, 1, 1).to(self.device)
+        # flattened offsets of a crop's pixels in the padded image, read left to right or (flipped) right to left
+        height, width, padded_width = inputs.shape[2], inputs.shape[3], inputs.shape[3] + 2 * self.crop_padding
+        rows = torch.arange(height, device=self.device)[:, None] * padded_width
+        columns = torch.arange(width, device=self.device)
+        self._grids = torch.stack([(rows + columns).flatten(), (rows + columns.flip(0)).flatten()])
 
     # -- the sampler's clock and state ---------------------------------------------
     @property
@@ -156,30 +161,29 @@ class TensorLoader:
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """float32, /255 for uint8, ``(x - mean)/std``, on the loader's device (also for evaluation batches)."""
-        batch = batch.to(self.device, non_blocking=True)
         scale = self._uint8_scale if batch.dtype == torch.uint8 else self._float_scale
-        out = torch.addcmul(self._shift, batch.to(torch.float32), scale)
+        # one new tensor, then in place: on the CPU a fresh large buffer costs more than the arithmetic
+        out = batch.to(self.device, torch.float32, copy=True).mul_(scale).add_(self._shift)
         if self.channels_last:
             out = out.contiguous(memory_format=torch.channels_last)
         return out
 
     def _augment(self, batch: torch.Tensor, epoch: int, position: int, global_batch_size: int,
                  share_start: int) -> torch.Tensor:
-        """Random crop and flip of a batch at once; randomness drawn for the global batch, then sliced."""
+        """Random crop and flip of a whole batch as one gather; randomness drawn for the global batch, then sliced."""
         size, channels, height, width = batch.shape
         pad = self.crop_padding
         generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, position, _AUGMENT_SALT))
         offsets = torch.randint(0, 2 * pad + 1, (2, global_batch_size), generator=generator)
         flips = torch.randint(0, 2, (global_batch_size,), generator=generator, dtype=torch.bool)
         share = slice(share_start, share_start + size)
-        offsets, flips = offsets[:, share].to(self.device), flips[share].to(self.device)
-        if not self.flip:
-            flips = torch.zeros_like(flips)
+        # the crop's top-left pixel in the flattened padded image
+        corner = (offsets[0, share] * (width + 2 * pad) + offsets[1, share]).to(self.device)
+        if self.flip:  # row 1 of the grids reads right to left
+            grid = self._grids.index_select(0, flips[share].to(self.device, torch.long))
+        else:
+            grid = self._grids[0].expand(size, -1)
+        pixels = (grid + corner[:, None]).view(size, 1, height * width).expand(size, channels, height * width)
         padded = F.pad(batch, (pad, pad, pad, pad)) if pad else batch
-        rows = offsets[0, :, None] + torch.arange(height, device=self.device)  # size x H
-        columns = torch.arange(width, device=self.device).expand(size, width)
-        # a flip reads the columns right to left
-        columns = torch.where(flips[:, None], width - 1 - columns, columns) + offsets[1, :, None]  # size x W
-        samples = torch.arange(size, device=self.device)[:, None, None, None]
-        channel = torch.arange(channels, device=self.device)[None, :, None, None]
-        return padded[samples, channel, rows[:, None, :, None], columns[:, None, None, :]]
+        flat = padded.reshape(size, channels, (height + 2 * pad) * (width + 2 * pad))
+        return flat.gather(2, pixels).view(size, channels, height, width)
