@@ -141,6 +141,15 @@ def test_set_epoch_stops_an_iteration_in_progress():
     assert sampler.position == 0 and len(list(sampler)) == 10
 
 
+def test_a_new_pass_mid_epoch_continues_the_epoch_and_stops_the_older_iterator():
+    reference = list(DynamicBatchSampler(100, 10, seed=3))
+    sampler = DynamicBatchSampler(100, 10, seed=3)
+    old = iter(sampler)
+    first = [next(old), next(old)]
+    assert first + list(sampler) == reference  # a `break`, then a new `for`: the rest of epoch 0
+    assert list(old) == [] and sampler.epoch == 0
+
+
 @pytest.mark.parametrize("world_size", [1, 3])
 @pytest.mark.parametrize("drop_last", [False, True])
 @pytest.mark.parametrize("kind", KINDS)

@@ -107,6 +107,8 @@ class _Cut(NamedTuple):
 # (next_batch_size == 0). The clock then stays at (epoch, end) so state_dict() says "epoch done",
 # and the next pass (iter) moves it to (epoch + 1, 0) itself: `for epoch ...: for batch in loader`
 # works with or without set_epoch, and set_epoch(e) still jumps to the start of any epoch.
+# A pass started mid-epoch (after a break, or a load_state_dict) yields the rest of that epoch;
+# starting a pass, set_epoch and load_state_dict stop any older iterator, so two never interleave.
 
 # NOTE [prefetch]: a DataLoader pulls batches from its batch_sampler ahead of training
 # (num_workers * prefetch_factor of them), so `position` counts samples *cut*, not consumed.
@@ -125,6 +127,14 @@ class DynamicBatchSampler(Sampler[list[int]]):
     empty list, so that every rank yields the same number of batches (collectives stay in
     step); a ``DataLoader``'s default collate cannot batch an empty list, so keep such batches
     out of the schedule or use a ``collate_fn`` that handles them.
+
+    ``len(sampler)`` is the number of batches a pass started now yields (the rest of the current
+    epoch, see NOTE [epoch end]). With a prefetching DataLoader, checkpoint what the loop has
+    consumed, not what was cut (NOTE [prefetch])::
+
+        for i, batch in enumerate(loader):  # loader = DataLoader(dataset, batch_sampler=sampler, ...)
+            ...
+            state = sampler.state_dict(batches_consumed=i + 1)
 
     Args:
         dataset_size: N, the number of samples.
@@ -167,7 +177,7 @@ class DynamicBatchSampler(Sampler[list[int]]):
         self._last_global_batch_size = 0
         self._perm_epoch: int | None = None
         self._perm = torch.empty(0, dtype=torch.long)
-        self._pass = 0  # bumped whenever the clock is moved from outside; stale iterators stop
+        self._pass = 0  # bumped by a new pass, set_epoch and load_state_dict; older iterators stop
         self._start_pass_record()
 
     # -- the clock -----------------------------------------------------------------
