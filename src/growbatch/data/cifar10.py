@@ -92,7 +92,7 @@ def load(root: Path, *, download: bool = False, base_url: str | None = None) -> 
         partial = f"; {folder} lacks {', '.join(missing)}" if len(missing) < len(TRAIN_BATCHES) + 1 else ""
         raise DataError(
             f"no cifar10 files in {root}{where}: looked for {' or '.join(NPZ_NAMES)} there, then for "
-            f"{', '.join(TRAIN_BATCHES)} and {TEST_BATCH} in {folder}{partial}, then for {ARCHIVE} in {root}. "
+            f"{', '.join(TRAIN_BATCHES)} and {TEST_BATCH} in {folder}, then for {ARCHIVE} in {root}{partial}. "
             f"To get them: pass --download (download=True) to fetch {resolve_base_url(BASE_URL, base_url)}{ARCHIVE}, "
             f"or copy cifar10.npz (arrays x_train, y_train, x_test, y_test) into {root}"
         )
