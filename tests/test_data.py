@@ -305,6 +305,9 @@ def test_idx_missing_files_say_what_was_looked_for(tmp_path):
                                         r"http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/, or copy "
                                         r"fashion_mnist.npz"):
         load_dataset("fashion-mnist", tmp_path / "absent")
+    (tmp_path / "notes.txt").write_text("not a data folder")
+    with pytest.raises(DataError, match=r"no mnist files in .*notes.txt \(not a folder\): looked for mnist.npz"):
+        load_dataset("mnist", tmp_path / "notes.txt")
     paths = write_idx_folder(tmp_path / "MNIST" / "raw", make_arrays((28, 28)), compressed=True)
     paths[3].unlink()
     with pytest.raises(DataError, match=r"MNIST/raw lacks t10k-labels-idx1-ubyte\[.gz\]\. To get them"):

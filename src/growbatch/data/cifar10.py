@@ -88,7 +88,7 @@ def load(root: Path, *, download: bool = False, base_url: str | None = None) -> 
         _extract(root)
     missing = _missing_batches(folder)
     if missing:
-        where = "" if root.is_dir() else " (the folder does not exist)"
+        where = "" if root.is_dir() else " (not a folder)" if root.exists() else " (the folder does not exist)"
         partial = f"; {folder} lacks {', '.join(missing)}" if len(missing) < len(TRAIN_BATCHES) + 1 else ""
         raise DataError(
             f"no cifar10 files in {root}{where}: looked for {' or '.join(NPZ_NAMES)} there, then for "

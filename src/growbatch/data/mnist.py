@@ -84,7 +84,7 @@ def _find_idx_files(source: MnistStyle, raw: Path) -> tuple[list[Path], list[str
 
 def _missing_error(source: MnistStyle, root: Path, missing: list[str], base_url: str) -> DataError:
     raw = root / source.folder / "raw"
-    where = "" if root.is_dir() else " (the folder does not exist)"
+    where = "" if root.is_dir() else " (not a folder)" if root.exists() else " (the folder does not exist)"
     stems = ", ".join(gz_name.removesuffix(".gz") for gz_name, _ in source.files)
     partial = f"; {raw} lacks {', '.join(missing)}" if len(missing) < len(source.files) else ""
     return DataError(
