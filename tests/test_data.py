@@ -509,7 +509,7 @@ def test_cifar_local_archive_is_checked_then_extracted(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "cifar-10-batches-py").iterdir()) == sorted((*CIFAR_BATCHES, "batches.meta"))
 
 
-def test_cifar_archive_members_cannot_escape_or_link(tmp_path, monkeypatch):
+def test_cifar_archive_member_that_is_a_link_is_refused(tmp_path, monkeypatch):
     link = tarfile.TarInfo("cifar-10-batches-py/test_batch")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     data = make_cifar_archive(tmp_path / "cifar-10-python.tar.gz", make_arrays((3, 32, 32)), (link, b""))
@@ -517,15 +517,18 @@ def test_cifar_archive_members_cannot_escape_or_link(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"cifar-10-batches-py/test_batch in .*cifar-10-python.tar.gz is not a regular file"):
         load_dataset("cifar10", tmp_path)
     assert not (tmp_path / "cifar-10-batches-py" / "test_batch").exists()
-    escape = tarfile.TarInfo("../escaped")
+
+
+def test_cifar_archive_extracts_only_the_batches(tmp_path, monkeypatch):
+    escape = tarfile.TarInfo("../escaped")  # extractall() would write it next to the data folder
     escape.size = 3
-    (tmp_path / "cifar-10-batches-py").mkdir(exist_ok=True)
-    for path in (tmp_path / "cifar-10-batches-py").iterdir():
-        path.unlink()
-    data = make_cifar_archive(tmp_path / "cifar-10-python.tar.gz", make_arrays((3, 32, 32)), (escape, b"bad"))
+    root = tmp_path / "data"
+    root.mkdir()
+    arrays = make_arrays((3, 32, 32))
+    data = make_cifar_archive(root / "cifar-10-python.tar.gz", arrays, (escape, b"bad"))
     monkeypatch.setattr(cifar10, "ARCHIVE_MD5", md5(data))
-    load_dataset("cifar10", tmp_path)
-    assert not (tmp_path.parent / "escaped").exists() and not (tmp_path / "escaped").exists()
+    assert_loaded(load_dataset("cifar10", root), arrays, channels_last_source=False)
+    assert not (tmp_path / "escaped").exists() and not (root / "escaped").exists()
 
 
 # ---------------------------------------------------------------- downloads from a local server
