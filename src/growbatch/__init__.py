@@ -1,5 +1,6 @@
 """growbatch: train by increasing the batch size instead of decaying the learning rate."""
 
+from .accumulate import MicroBatcher, StepResult
 from .builders import (
     Conversion,
     cosine_lr,
@@ -9,6 +10,7 @@ from .builders import (
     step_schedule,
     warmup_stable_decay_lr,
 )
+from .ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d, convert_to_ghost_batch_norm
 from .loader import TensorLoader
 from .noise import (
     batch_size_for_momentum,

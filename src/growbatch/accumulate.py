@@ -1,0 +1,324 @@
+"""One update per logical batch, computed as micro-batches whose gradients add up to the whole batch's.
+
+Under DDP only the last micro-batch synchronises (``no_sync()`` on the others), as in nanoGPT.
+``micro_batch_size="auto"`` measures the size (growbatch.microbatch_size).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .ghost_bn import check_ghost_batch_size, largest_ghost_batch_size
+from .microbatch_size import (
+    MEMORY_FRACTION,
+    TIMED_STEPS,
+    SizeSearch,
+    available_memory_bytes,
+    estimate_training_memory,
+    largest_micro_batch_size,
+)
+
+__all__ = ["MicroBatcher", "StepResult"]
+
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one :meth:`MicroBatcher.backward` computed, on this rank."""
+
+    loss_sum: float  # sum of the per-sample losses of this rank's share (sum over ranks, divide by the global batch)
+    correct: int  # samples whose argmax output is the target class
+    samples: int  # this rank's share of the logical batch
+    micro_batches: int  # forward + backward passes
+    micro_batch_size: int  # the largest micro-batch (the last one may be shorter); 0 for an empty share
+
+
+class MicroBatcher:
+    """Compute one update's gradients over a logical batch, a micro-batch at a time.
+
+    Each micro-batch's mean loss is multiplied by ``len(micro) * world_size / global_batch_size``
+    before ``backward``, so after DDP averages over ranks the gradient is that of the mean loss over
+    the whole logical batch, however unevenly it is split over micro-batches and ranks:
+
+        grad = 1/W * sum_ranks sum_micro (n_micro * W / B) * grad(mean loss of micro) = 1/B * sum_i grad(loss_i)
+
+    The caller zeroes gradients and steps the optimizer; this only accumulates into ``.grad``.
+
+    Args:
+        model: the network, or a wrapper with ``no_sync()`` (``DistributedDataParallel``): then every
+            micro-batch but the last runs under ``no_sync()``, so gradients synchronise once per update.
+        loss_fn: ``loss_fn(outputs, targets)`` -> the mean loss over the micro-batch.
+        micro_batch_size: samples per forward pass, or ``"auto"``: the fastest measured size that fits
+            the memory budget (see ``growbatch.microbatch_size.SizeSearch``), measured once per input
+            shape, dtype and device and extended when the local batch grows. In "auto", running out of
+            memory (``torch.OutOfMemoryError``) halves the size and redoes the update from the start:
+            gradients are reset to None and buffers restored first, so nothing is counted twice.
+        memory_budget_bytes: with "auto", the memory a step may use; default MEMORY_FRACTION of the
+            memory available (RAM, or free GPU memory) when the size is first chosen.
+        device: where micro-batches are computed (each is moved there: the logical batch may stay on
+            the CPU); default the model's device.
+        autocast_dtype: ``torch.bfloat16`` (or ``torch.float16``, which needs loss scaling this does not
+            do) to run forward passes under ``torch.autocast``; None for full precision.
+
+    Raises:
+        TypeError, ValueError: a micro_batch_size that is neither a positive int nor "auto"; a
+            non-positive memory budget, or one given with a fixed size; a ghost batch norm in
+            ``model`` larger than a fixed micro_batch_size; an unsupported autocast_dtype.
+
+    Example:
+        >>> model = nn.Linear(4, 3)
+        >>> micro = MicroBatcher(model, nn.functional.cross_entropy, micro_batch_size=4)
+        >>> result = micro.backward(torch.randn(10, 4), torch.randint(3, (10,)), global_batch_size=10)
+        >>> result.samples, result.micro_batches, result.micro_batch_size  # micro-batches of 4, 4, 2
+        (10, 3, 4)
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFunction, *, micro_batch_size: int | str = "auto",
+                 memory_budget_bytes: int | None = None, device: torch.device | str | None = None,
+                 autocast_dtype: torch.dtype | None = None) -> None:
+        _check_micro_batch_size(micro_batch_size)
+        if memory_budget_bytes is not None:
+            _check_memory_budget(memory_budget_bytes, micro_batch_size)
+        if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast_dtype should be torch.bfloat16, torch.float16 or None, but got "
+                             f"autocast_dtype={autocast_dtype}")
+        self.model, self.loss_fn = model, loss_fn
+        self.micro_batch_size, self.memory_budget_bytes = micro_batch_size, memory_budget_bytes
+        self.autocast_dtype = autocast_dtype
+        # the network itself: DDP's no_sync/module, but measurements bypass DDP's hooks
+        self.module: nn.Module = model.module if hasattr(model, "no_sync") else model
+        self.device = torch.device(device) if device is not None else _model_device(self.module)
+        self.ghost_batch_size = largest_ghost_batch_size(self.module)
+        if self.ghost_batch_size is not None and micro_batch_size != "auto":
+            check_ghost_batch_size(self.ghost_batch_size, micro_batch_size)
+        self._searches: dict[tuple, SizeSearch] = {}
+        self._synchronising = False  # True during a DDP model's last (all-reducing) micro-batch
+
+    def backward(self, inputs: torch.Tensor, targets: torch.Tensor, *, global_batch_size: int,
+                 world_size: int = 1) -> StepResult:
+        """Accumulate the gradient of this rank's share of one logical batch into ``.grad``.
+
+        Args:
+            inputs, targets: this rank's share of the logical batch (any device; may be empty).
+            global_batch_size: samples in the logical batch over all ranks.
+            world_size: ranks that DDP averages the gradients over.
+
+        Returns:
+            the share's summed loss, argmax hits, size, and the micro-batches used.
+
+        Raises:
+            ValueError: inputs and targets of different lengths, a global_batch_size smaller than the
+                share, a world_size below 1, a memory budget that cannot fit one sample.
+            torch.OutOfMemoryError: with a fixed size; in "auto" when even the smallest size does not
+                fit, or during a DDP model's synchronising micro-batch (other ranks are in its all-reduce).
+        """
+        _check_step_arguments(inputs, targets, global_batch_size, world_size)
+        if len(inputs) == 0:
+            return self._empty_share(inputs)
+        size = self._choose(inputs, targets)
+        if self.micro_batch_size != "auto":
+            return self._accumulate(inputs, targets, size, world_size / global_batch_size)
+        while True:
+            buffers = _copy_buffers(self.module)
+            try:
+                return self._accumulate(inputs, targets, size, world_size / global_batch_size)
+            except torch.OutOfMemoryError:
+                smaller = None if self._synchronising else self._searches[_signature(inputs, self)].halve(size)
+                if smaller is None:
+                    raise
+            finally:
+                self._synchronising = False
+            # outside the except block: the traceback, and the tensors its frames held, are gone
+            self._restart(buffers)
+            size = smaller
+
+    def measured_throughput(self, inputs: torch.Tensor) -> dict[int, float]:
+        """Samples/s measured so far per micro-batch size, for inputs shaped like ``inputs`` ("auto" only)."""
+        search = self._searches.get(_signature(inputs, self))
+        return dict(search.throughput) if search is not None else {}
+
+    def _accumulate(self, inputs: torch.Tensor, targets: torch.Tensor, size: int, weight_per_sample: float) -> StepResult:
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        pieces = list(zip(inputs.split(size), targets.split(size)))
+        for index, (micro_inputs, micro_targets) in enumerate(pieces):
+            last = index == len(pieces) - 1
+            micro_inputs = micro_inputs.to(self.device, non_blocking=True)
+            micro_targets = micro_targets.to(self.device, non_blocking=True)
+            self._synchronising = last and hasattr(self.model, "no_sync")
+            with nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync():
+                with self._autocast():
+                    outputs = self.model(micro_inputs)
+                    loss = self.loss_fn(outputs, micro_targets)
+                (loss * (len(micro_inputs) * weight_per_sample)).backward()
+            loss_sum += loss.detach().double() * len(micro_inputs)
+            correct += _hits(outputs.detach(), micro_targets)
+        # one device-to-host copy per update, not one per micro-batch
+        return StepResult(loss_sum=loss_sum.item(), correct=int(correct.item()), samples=len(inputs),
+                          micro_batches=len(pieces), micro_batch_size=min(size, len(inputs)))
+
+    # NOTE [empty share]: a rank whose share of the logical batch is empty must still join DDP's
+    # all-reduce, or the other ranks wait in it forever. It runs the model on the empty batch and
+    # backpropagates the output's sum times zero: every parameter gets a zero gradient, DDP all-reduces
+    # as usual, and since the loss weights are n * W / B, the average over ranks is still the whole
+    # batch's gradient. Buffers are restored (an empty batch has no statistics). Without DDP there is
+    # nothing to synchronise and nothing is computed.
+    def _empty_share(self, inputs: torch.Tensor) -> StepResult:
+        if not hasattr(self.model, "no_sync"):
+            return StepResult(loss_sum=0.0, correct=0, samples=0, micro_batches=0, micro_batch_size=0)
+        buffers = _copy_buffers(self.module)
+        with self._autocast():
+            outputs = self.model(inputs.to(self.device))
+        (outputs.sum() * 0.0).backward()
+        _restore_buffers(self.module, buffers)
+        return StepResult(loss_sum=0.0, correct=0, samples=0, micro_batches=1, micro_batch_size=0)
+
+    def _choose(self, inputs: torch.Tensor, targets: torch.Tensor) -> int:
+        if self.micro_batch_size != "auto":
+            return min(self.micro_batch_size, len(inputs))
+        key = _signature(inputs, self)
+        if key not in self._searches:
+            self._searches[key] = self._new_search(inputs, targets)
+        return self._searches[key].choose(len(inputs), lambda size: self._measure(inputs, targets, size))
+
+    def _new_search(self, inputs: torch.Tensor, targets: torch.Tensor) -> SizeSearch:
+        step = self.ghost_batch_size or 1
+        sample = min(len(inputs), max(step, 16))
+        with self._unchanged_state():
+            estimate = estimate_training_memory(self.module, self.loss_fn, inputs[:sample].to(self.device),
+                                                targets[:sample].to(self.device), self._autocast)
+        if self.memory_budget_bytes is not None:
+            limit = largest_micro_batch_size(estimate, self.memory_budget_bytes, budget_name="memory_budget_bytes")
+        else:
+            budget = int(MEMORY_FRACTION * available_memory_bytes(self.device))
+            limit = largest_micro_batch_size(estimate, budget, budget_name=f"the default memory budget ({MEMORY_FRACTION} "
+                                                                          f"of the available memory)")
+        if self.ghost_batch_size is not None:
+            check_ghost_batch_size(self.ghost_batch_size, limit)  # the budget must fit one ghost batch
+        return SizeSearch(step, limit, estimate)
+
+    def _measure(self, inputs: torch.Tensor, targets: torch.Tensor, size: int) -> float | None:
+        """Samples/s of forward + backward at ``size`` (the fastest of TIMED_STEPS), None if out of memory."""
+        micro_inputs = inputs[:size].to(self.device)
+        micro_targets = targets[:size].to(self.device)
+        parameters = [p for p in self.module.parameters() if p.requires_grad]
+        seconds = []
+        try:
+            with self._unchanged_state():
+                for _ in range(TIMED_STEPS + (not any(s.throughput for s in self._searches.values()))):
+                    _synchronize(self.device)
+                    started = time.perf_counter()
+                    with self._autocast():
+                        loss = self.loss_fn(self.module(micro_inputs), micro_targets)
+                    # autograd.grad leaves .grad alone and bypasses DDP's hooks
+                    torch.autograd.grad(loss, parameters, allow_unused=True)
+                    _synchronize(self.device)
+                    seconds.append(time.perf_counter() - started)
+        except torch.OutOfMemoryError:
+            seconds = []
+        if not seconds:
+            _empty_cache(self.device)
+            return None
+        return size / min(seconds[-TIMED_STEPS:])  # the first pass of all warms up and is not counted
+
+    @contextmanager
+    def _unchanged_state(self) -> Iterator[None]:
+        """Measurements leave no trace: buffers (batch-norm statistics) and the RNG are restored."""
+        buffers = _copy_buffers(self.module)
+        try:
+            cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+                if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                yield
+        finally:
+            _restore_buffers(self.module, buffers)
+
+    def _restart(self, buffers: list[torch.Tensor]) -> None:
+        for parameter in self.module.parameters():
+            parameter.grad = None
+        _restore_buffers(self.module, buffers)
+        _empty_cache(self.device)
+
+    def _autocast(self) -> AbstractContextManager:
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+def _signature(inputs: torch.Tensor, batcher: MicroBatcher) -> tuple:
+    return tuple(inputs.shape[1:]), inputs.dtype, batcher.device, batcher.autocast_dtype
+
+
+def _hits(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if outputs.ndim == 2 and targets.ndim == 1 and not targets.is_floating_point():
+        return (outputs.argmax(1) == targets).sum()
+    if outputs.ndim == 2 and targets.shape == outputs.shape:  # class probabilities (soft labels)
+        return (outputs.argmax(1) == targets.argmax(1)).sum()
+    return torch.zeros((), dtype=torch.int64, device=outputs.device)  # not a classification output
+
+
+def _copy_buffers(module: nn.Module) -> list[torch.Tensor]:
+    return [buffer.clone() for buffer in module.buffers()]
+
+
+def _restore_buffers(module: nn.Module, copies: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for buffer, copy in zip(module.buffers(), copies):
+            buffer.copy_(copy)
+
+
+def _model_device(module: nn.Module) -> torch.device:
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _check_micro_batch_size(micro_batch_size: object) -> None:
+    if micro_batch_size == "auto":
+        return
+    if not isinstance(micro_batch_size, int) or isinstance(micro_batch_size, bool):
+        raise TypeError(f"micro_batch_size should be a positive integer or 'auto', but got "
+                        f"micro_batch_size={micro_batch_size!r} ({type(micro_batch_size).__name__})")
+    if micro_batch_size <= 0:
+        raise ValueError(f"micro_batch_size should be a positive integer or 'auto', but got "
+                         f"micro_batch_size={micro_batch_size}; use 'auto' to choose it by measurement")
+
+
+def _check_memory_budget(memory_budget_bytes: object, micro_batch_size: int | str) -> None:
+    if not isinstance(memory_budget_bytes, int) or isinstance(memory_budget_bytes, bool):
+        raise TypeError(f"memory_budget_bytes should be a positive integer or None, but got "
+                        f"memory_budget_bytes={memory_budget_bytes!r} ({type(memory_budget_bytes).__name__})")
+    if memory_budget_bytes <= 0:
+        raise ValueError(f"memory_budget_bytes should be a positive integer or None (a fraction of the available "
+                         f"memory), but got memory_budget_bytes={memory_budget_bytes}")
+    if micro_batch_size != "auto":
+        raise ValueError(f"memory_budget_bytes is used only with micro_batch_size='auto', but got "
+                         f"micro_batch_size={micro_batch_size}; drop memory_budget_bytes or use 'auto'")
+
+
+def _check_step_arguments(inputs: torch.Tensor, targets: torch.Tensor, global_batch_size: int, world_size: int) -> None:
+    if len(inputs) != len(targets):
+        raise ValueError(f"inputs and targets should have the same length, but got {len(inputs)} inputs and "
+                         f"{len(targets)} targets")
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size should be a positive integer, but got world_size={world_size!r}")
+    if not isinstance(global_batch_size, int) or global_batch_size < max(len(inputs), 1):
+        raise ValueError(f"global_batch_size should be the logical batch over all ranks, at least this rank's "
+                         f"share ({len(inputs)} samples) and positive, but got global_batch_size={global_batch_size!r}")

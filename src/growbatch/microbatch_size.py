@@ -1,0 +1,199 @@
+"""The automatic micro-batch size: the fastest measured size whose training step fits the memory budget.
+
+Memory per sample comes from the tensors autograd saves during one forward pass (see NOTE [memory]);
+throughput from timing forward + backward at candidate sizes (see :class:`SizeSearch`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["MEMORY_FRACTION", "MemoryEstimate", "SizeSearch", "available_memory_bytes", "estimate_training_memory",
+           "largest_micro_batch_size"]
+
+MEMORY_FRACTION = 0.5  # default budget: this fraction of the memory available when the size is first chosen
+SAVED_TENSOR_MARGIN = 1.25  # peak RSS per sample / saved bytes per sample measured 1.02-1.10 (bench/README.md)
+STATE_COPIES = 3  # per parameter: its gradient and two optimizer moments (Adam), allocated at the first update
+FIRST_CANDIDATE = 16  # smaller micro-batches are never the fastest; a smaller local batch runs in one pass
+GAIN = 1.05  # a larger candidate counts as faster only if it is 5% faster (timings on a shared machine are noisy)
+PATIENCE = 2  # stop measuring after this many larger candidates that were not faster
+NEAR_BEST = 0.97  # choose the smallest candidate within 3% of the best: as fast, less memory
+TIMED_STEPS = 2  # timed forward + backward passes per candidate; the fastest counts
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    """Free memory for tensors on ``device``: free GPU memory, or MemAvailable (capped by a cgroup v2 limit)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    available = _meminfo_available_bytes()
+    limit, used = Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")
+    try:  # in a container, the cgroup's limit binds before the machine's RAM does
+        cap = limit.read_text().strip()
+        if cap != "max":
+            available = min(available, int(cap) - int(used.read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(available, 0)
+
+
+def _meminfo_available_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # the file counts kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Memory of one training step at micro-batch size ``m``: ``fixed_bytes + m * per_sample_bytes``."""
+
+    per_sample_bytes: int  # activations autograd keeps per sample, times SAVED_TENSOR_MARGIN
+    fixed_bytes: int  # gradients and optimizer state: STATE_COPIES x the trainable parameters
+
+    def bytes_for(self, micro_batch_size: int) -> int:
+        return self.fixed_bytes + micro_batch_size * self.per_sample_bytes
+
+
+# NOTE [memory]: the CPU has no allocator statistics, tracemalloc does not see torch's allocations,
+# and ru_maxrss only grows. What dominates a step's peak is what autograd keeps for the backward pass,
+# so one forward at a small size runs under saved_tensors_hooks and the storages of the saved
+# tensors are summed (each storage once; parameters excluded, they are already resident). Measured
+# with ru_maxrss in fresh processes, peak RSS grows by 1.02-1.10x the saved bytes per sample (MNIST
+# CNN, WRN-16-4); the rest is backward's temporary gradients, covered by SAVED_TENSOR_MARGIN.
+
+
+def estimate_training_memory(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                             inputs: torch.Tensor, targets: torch.Tensor,
+                             autocast: Callable[[], AbstractContextManager] = nullcontext) -> MemoryEstimate:
+    """Estimate a training step's memory from one forward pass over ``inputs`` (see NOTE [memory]).
+
+    The forward pass runs in training mode and updates batch-norm buffers: restore them if that matters.
+
+    Args:
+        model: the network (not a DDP wrapper).
+        loss_fn: ``loss_fn(outputs, targets)`` -> the mean loss.
+        inputs, targets: a small batch (a few samples to a few hundred) of the real data, on the model's device.
+        autocast: a context manager factory the forward runs under (mixed precision).
+
+    Returns:
+        bytes per sample (saved tensors / batch size, rounded up, with the margin) and fixed bytes.
+    """
+    # copies: a slice of a larger batch would count that batch's whole storage
+    inputs, targets = inputs.clone(), targets.clone()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    resident = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in resident:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast():
+        loss_fn(model(inputs), targets)
+    per_sample = math.ceil(sum(saved.values()) * SAVED_TENSOR_MARGIN / max(len(inputs), 1))
+    fixed = STATE_COPIES * sum(p.numel() * p.element_size() for p in parameters)
+    return MemoryEstimate(per_sample_bytes=max(per_sample, 1), fixed_bytes=fixed)
+
+
+def largest_micro_batch_size(estimate: MemoryEstimate, budget_bytes: int, *, budget_name: str) -> int:
+    """The largest micro-batch whose estimated step fits ``budget_bytes``.
+
+    Raises:
+        ValueError: not even one sample fits; the message gives the budget, the need, and the fix.
+    """
+    largest = (budget_bytes - estimate.fixed_bytes) // estimate.per_sample_bytes
+    if largest < 1:
+        raise ValueError(
+            f"{budget_name}={budget_bytes} cannot fit a training step of even one sample: it needs about "
+            f"{estimate.bytes_for(1)} bytes ({estimate.per_sample_bytes} per sample + {estimate.fixed_bytes} for "
+            f"gradients and optimizer state); raise memory_budget_bytes to at least {estimate.bytes_for(1)}, free "
+            f"memory, or use a smaller model")
+    return largest
+
+
+class SizeSearch:
+    """Measured throughput per candidate micro-batch size for one input signature, extended as batches grow.
+
+    Candidates are ``step * 2**k`` from the first one of at least FIRST_CANDIDATE samples (``step``:
+    the ghost batch size, so micro-batches hold whole ghosts, or 1), up to the cap ``min(local batch,
+    memory_limit)``, plus the cap itself when it is a multiple of ``step`` larger than any size measured
+    so far. They are measured in increasing order until PATIENCE of them in a row were not GAIN faster
+    than the best so far (on a CPU throughput falls beyond a few hundred samples; on a GPU it
+    saturates), until one runs out of memory, or until the memory limit. A local batch larger than
+    any measured size resumes the search where it stopped. The choice is the smallest size within
+    NEAR_BEST of the best.
+
+    Args:
+        step: candidates are multiples of it (powers of two times it).
+        memory_limit: the largest micro-batch that fits the memory budget.
+        memory_estimate: what ``memory_limit`` was computed from, kept for reports.
+    """
+
+    def __init__(self, step: int, memory_limit: int, memory_estimate: MemoryEstimate | None = None) -> None:
+        self.step, self.memory_limit, self.memory_estimate = step, memory_limit, memory_estimate
+        self.throughput: dict[int, float] = {}  # samples/s per measured size
+        self.finished = False  # stopped for a reason other than the local batch size
+        self._not_faster = 0
+
+    def choose(self, local_batch_size: int, measure: Callable[[int], float | None]) -> int:
+        """The micro-batch size for a local batch; ``measure(size)`` returns samples/s, None when out of memory."""
+        cap = min(local_batch_size, self.memory_limit)
+        if cap < FIRST_CANDIDATE or cap < self.step:
+            return cap  # too small to be worth splitting (and it fits)
+        if not self.finished:
+            self._extend(cap, measure)
+        measured = {size: rate for size, rate in self.throughput.items() if size <= cap}
+        if not measured:
+            return cap
+        best = max(measured.values())
+        return min(size for size, rate in measured.items() if rate >= NEAR_BEST * best)
+
+    def halve(self, size: int) -> int | None:
+        """After running out of memory at ``size``: the next size to try (and the new limit), or None."""
+        smaller = size // 2 // self.step * self.step
+        if smaller < 1:
+            return None
+        self.memory_limit, self.finished = smaller, True
+        self.throughput = {s: rate for s, rate in self.throughput.items() if s <= smaller}
+        return smaller
+
+    def _candidates(self, cap: int) -> list[int]:
+        sizes, size = [], self.step
+        while size <= cap:
+            if size >= FIRST_CANDIDATE:
+                sizes.append(size)
+            size *= 2
+        if cap % self.step == 0 and cap > max(self.throughput, default=0) and cap not in sizes:
+            sizes.append(cap)  # the whole local batch in one pass (or the memory limit), when growing
+        return sizes
+
+    def _extend(self, cap: int, measure: Callable[[int], float | None]) -> None:
+        best = max(self.throughput.values(), default=0.0)
+        for size in self._candidates(cap):
+            if size in self.throughput:
+                continue
+            rate = measure(size)
+            if rate is None:  # ran out of device memory: nothing this large fits
+                self.memory_limit = max([s for s in self.throughput if s < size], default=max(size // 2, 1))
+                self.finished = True
+                return
+            self.throughput[size] = rate
+            self._not_faster = 0 if rate > GAIN * best else self._not_faster + 1
+            best = max(best, rate)
+            if self._not_faster >= PATIENCE:
+                self.finished = True
+                return
+        self.finished = cap >= self.memory_limit

@@ -1,0 +1,140 @@
+"""growbatch.microbatch_size: the search over candidate sizes on synthetic throughput curves, the memory estimate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from growbatch.microbatch_size import (
+    STATE_COPIES,
+    MemoryEstimate,
+    SizeSearch,
+    available_memory_bytes,
+    estimate_training_memory,
+    largest_micro_batch_size,
+)
+
+
+class Curve:
+    """A deterministic throughput curve (samples/s per size) that records what was measured."""
+
+    def __init__(self, rates: dict[int, float] | None = None, rate=None, out_of_memory_above: int | None = None):
+        self.rates, self.rate, self.out_of_memory_above = rates, rate, out_of_memory_above
+        self.measured: list[int] = []
+
+    def __call__(self, size: int) -> float | None:
+        self.measured.append(size)
+        if self.out_of_memory_above is not None and size > self.out_of_memory_above:
+            return None
+        return self.rates[size] if self.rates is not None else self.rate(size)
+
+
+CPU_LIKE = {16: 900, 32: 1300, 64: 1470, 128: 1500, 256: 1300, 512: 1200, 1024: 1000, 2048: 800}
+
+
+def test_a_cpu_like_curve_stops_after_two_sizes_that_are_not_faster():
+    curve = Curve(CPU_LIKE)
+    search = SizeSearch(1, memory_limit=10**6)
+    # 128 is 2% faster than 64, under the 5% that counts: the search stops after 128 and 256
+    assert search.choose(16_000, curve) == 64  # the smallest within 3% of the best (1500 at 128)
+    assert curve.measured == [16, 32, 64, 128, 256]
+    assert search.finished
+    assert search.choose(16_000, curve) == 64 and len(curve.measured) == 5  # nothing measured again
+
+
+def test_a_gpu_like_curve_grows_until_it_saturates():
+    curve = Curve(rate=lambda size: 100.0 * min(size, 1000))  # saturates at 1000 samples
+    search = SizeSearch(1, memory_limit=10**6)
+    assert search.choose(16_000, curve) == 1024
+    assert curve.measured == [16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+
+
+def test_a_growing_local_batch_resumes_the_search():
+    curve = Curve(rate=lambda size: 100.0 * size)  # faster with every size
+    search = SizeSearch(1, memory_limit=10**6)
+    assert search.choose(128, curve) == 128 and curve.measured == [16, 32, 64, 128]
+    assert not search.finished  # stopped by the batch, not by the curve
+    assert search.choose(640, curve) == 640  # the whole local batch is a candidate too
+    assert curve.measured == [16, 32, 64, 128, 256, 512, 640]
+    assert search.choose(100, curve) == 64  # a smaller batch again: the best measured size that fits it
+    assert len(curve.measured) == 7
+
+
+def test_the_memory_limit_caps_the_candidates():
+    curve = Curve(rate=lambda size: 100.0 * size)
+    search = SizeSearch(1, memory_limit=300)
+    assert search.choose(3200, curve) == 300
+    assert curve.measured == [16, 32, 64, 128, 256, 300] and search.finished
+
+
+def test_running_out_of_memory_while_measuring_lowers_the_limit():
+    curve = Curve(rate=lambda size: 100.0 * size, out_of_memory_above=200)
+    search = SizeSearch(1, memory_limit=10**6)
+    assert search.choose(16_000, curve) == 128
+    assert curve.measured == [16, 32, 64, 128, 256]
+    assert search.memory_limit == 128 and search.finished
+
+
+def test_ghost_batch_size_steps_keep_whole_ghosts():
+    curve = Curve(rate=lambda size: 100.0 * size)
+    search = SizeSearch(128, memory_limit=10**6)
+    assert search.choose(1000, curve) == 512  # 1000 is not a multiple of 128: not a candidate
+    assert curve.measured == [128, 256, 512]
+    assert search.choose(100, curve) == 100  # less than one ghost: the whole local batch
+
+
+def test_small_local_batches_run_in_one_pass_without_measuring():
+    curve = Curve(rate=lambda size: 1.0)
+    search = SizeSearch(1, memory_limit=10**6)
+    assert [search.choose(size, curve) for size in (1, 7, 15)] == [1, 7, 15]
+    assert curve.measured == []
+
+
+@pytest.mark.parametrize("step, size, expected", [(1, 64, 32), (1, 1, None), (128, 640, 256), (128, 256, 128),
+                                                  (128, 128, None), (24, 96, 48)])
+def test_halving_after_out_of_memory(step, size, expected):
+    search = SizeSearch(step, memory_limit=10**6)
+    search.throughput = {size: 1.0, size // 2: 1.0}
+    assert search.halve(size) == expected
+    if expected is not None:
+        assert search.memory_limit == expected and search.finished
+        assert all(measured <= expected for measured in search.throughput)
+
+
+def test_memory_estimate_counts_the_activations_kept_for_backward():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 50), nn.ReLU(), nn.Linear(50, 10))
+    generator = torch.Generator().manual_seed(0)
+    inputs, targets = torch.randn(64, 100, generator=generator), torch.randint(10, (64,), generator=generator)
+    estimate = estimate_training_memory(model, F.cross_entropy, inputs[:16], targets[:16])
+    # at least what the weight gradients need: the input and the hidden activation, float32, times the margin
+    assert estimate.per_sample_bytes >= 1.25 * 4 * (100 + 50)
+    # at most everything the forward computes: input, hidden before and after ReLU, logits, log-probabilities
+    assert estimate.per_sample_bytes <= 1.25 * (4 * (100 + 50 + 50 + 10 + 10) + 8)
+    parameter_bytes = 4 * (100 * 50 + 50 + 50 * 10 + 10)
+    assert estimate.fixed_bytes == STATE_COPIES * parameter_bytes
+    assert estimate.bytes_for(10) == estimate.fixed_bytes + 10 * estimate.per_sample_bytes
+    # a slice of a larger batch counts only its own samples
+    assert estimate == estimate_training_memory(model, F.cross_entropy, inputs[:16].clone(), targets[:16].clone())
+    assert model[0].weight.grad is None
+
+
+def test_largest_micro_batch_size_fits_the_budget():
+    estimate = MemoryEstimate(per_sample_bytes=1000, fixed_bytes=5000)
+    assert largest_micro_batch_size(estimate, 5000 + 40_999, budget_name="memory_budget_bytes") == 40
+    with pytest.raises(ValueError, match=r"memory_budget_bytes=5999 cannot fit a training step of even one sample: "
+                                         r"it needs about 6000 bytes \(1000 per sample \+ 5000 for gradients and "
+                                         r"optimizer state\); raise memory_budget_bytes to at least 6000"):
+        largest_micro_batch_size(estimate, 5999, budget_name="memory_budget_bytes")
+
+
+def test_available_memory_is_positive_and_below_the_machine_total():
+    available = available_memory_bytes(torch.device("cpu"))
+    total = 0
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1]) * 1024
+    assert 0 < available <= total
