@@ -131,7 +131,7 @@ class MicroBatcher:
             try:
                 return self._accumulate(inputs, targets, size, world_size / global_batch_size)
             except torch.OutOfMemoryError:
-                smaller = None if self._synchronising else self._searches[_signature(inputs, self)].halve(size)
+                smaller = None if self._synchronising else self.size_search(inputs).halve(size)
                 if smaller is None:
                     raise
             finally:
@@ -142,8 +142,12 @@ class MicroBatcher:
 
     def measured_throughput(self, inputs: torch.Tensor) -> dict[int, float]:
         """Samples/s measured so far per micro-batch size, for inputs shaped like ``inputs`` ("auto" only)."""
-        search = self._searches.get(_signature(inputs, self))
+        search = self.size_search(inputs)
         return dict(search.throughput) if search is not None else {}
+
+    def size_search(self, inputs: torch.Tensor) -> SizeSearch | None:
+        """The search behind "auto" for inputs shaped like ``inputs`` (memory limit, estimate); None before one."""
+        return self._searches.get(_signature(inputs, self))
 
     def _accumulate(self, inputs: torch.Tensor, targets: torch.Tensor, size: int, weight_per_sample: float) -> StepResult:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)

@@ -25,7 +25,6 @@ STATE_COPIES = 3  # per parameter: its gradient and two optimizer moments (Adam)
 FIRST_CANDIDATE = 16  # smaller micro-batches are never the fastest; a smaller local batch runs in one pass
 GAIN = 1.05  # a larger candidate counts as faster only if it is 5% faster (timings on a shared machine are noisy)
 PATIENCE = 2  # stop measuring after this many larger candidates that were not faster
-NEAR_BEST = 0.97  # choose the smallest candidate within 3% of the best: as fast, less memory
 TIMED_STEPS = 2  # timed forward + backward passes per candidate; the fastest counts
 
 
@@ -133,8 +132,8 @@ class SizeSearch:
     so far. They are measured in increasing order until PATIENCE of them in a row were not GAIN faster
     than the best so far (on a CPU throughput falls beyond a few hundred samples; on a GPU it
     saturates), until one runs out of memory, or until the memory limit. A local batch larger than
-    any measured size resumes the search where it stopped. The choice is the smallest size within
-    NEAR_BEST of the best.
+    any measured size resumes the search where it stopped. The choice is the fastest size measured
+    that is no larger than the cap.
 
     Args:
         step: candidates are multiples of it (powers of two times it).
@@ -158,8 +157,7 @@ class SizeSearch:
         measured = {size: rate for size, rate in self.throughput.items() if size <= cap}
         if not measured:
             return cap
-        best = max(measured.values())
-        return min(size for size, rate in measured.items() if rate >= NEAR_BEST * best)
+        return max(sorted(measured), key=measured.get)  # the fastest; the smallest of equals
 
     def halve(self, size: int) -> int | None:
         """After running out of memory at ``size``: the next size to try (and the new limit), or None."""
