@@ -109,7 +109,8 @@ def main() -> None:
                      "gflop_per_s": round(samples_per_s * flops_per_sample / 1e9, 2),
                      "fraction_of_matmul": round(samples_per_s * flops_per_sample / peak, 3)})
     samples_per_s, micro_batch_size = micro_batched_rate(LOGICAL_BATCH)
-    rows.append({"batch_size": LOGICAL_BATCH, "micro_batch_size": micro_batch_size, "samples_per_s": round(samples_per_s, 1),
+    rows.append({"batch_size": LOGICAL_BATCH, "micro_batch_size": micro_batch_size,
+                 "samples_per_s": round(samples_per_s, 1),
                  "gflop_per_s": round(samples_per_s * flops_per_sample / 1e9, 2),
                  "fraction_of_matmul": round(samples_per_s * flops_per_sample / peak, 3)})
     result = {

@@ -1,4 +1,4 @@
-"""growbatch.accumulate: micro-batched gradients against one big batch, rank weighting, no_sync, auto size, OOM retry."""
+"""growbatch.accumulate: micro-batched gradients vs one big batch, rank weights, no_sync, auto size, OOM retry."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def test_two_simulated_ranks_average_to_the_full_batch_gradient(shares):
 
 
 class FakeDDP(nn.Module):
-    """Records, for each forward, whether it ran under no_sync (as DistributedDataParallel would skip the all-reduce)."""
+    """Records, for each forward, whether it ran under no_sync (where DistributedDataParallel skips the all-reduce)."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()

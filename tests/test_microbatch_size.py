@@ -124,11 +124,13 @@ def test_memory_estimate_counts_the_activations_kept_for_backward():
 
 def test_largest_micro_batch_size_fits_the_budget():
     estimate = MemoryEstimate(per_sample_bytes=1000, fixed_bytes=5000)
-    assert largest_micro_batch_size(estimate, 5000 + 40_999, budget_name="memory_budget_bytes") == 40
+    assert largest_micro_batch_size(estimate, 5000 + 40_999) == 40
     with pytest.raises(ValueError, match=r"memory_budget_bytes=5999 cannot fit a training step of even one sample: "
                                          r"it needs about 6000 bytes \(1000 per sample \+ 5000 for gradients and "
                                          r"optimizer state\); raise memory_budget_bytes to at least 6000"):
-        largest_micro_batch_size(estimate, 5999, budget_name="memory_budget_bytes")
+        largest_micro_batch_size(estimate, 5999)
+    with pytest.raises(ValueError, match=r"^the default budget \(5999 bytes\) cannot fit a training step"):
+        largest_micro_batch_size(estimate, 5999, described_as="the default budget (5999 bytes)")
 
 
 def test_available_memory_is_positive_and_below_the_machine_total():

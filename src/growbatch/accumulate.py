@@ -16,6 +16,7 @@ from torch import nn
 
 from .ghost_bn import check_ghost_batch_size, largest_ghost_batch_size
 from .microbatch_size import (
+    FIRST_CANDIDATE,
     MEMORY_FRACTION,
     TIMED_STEPS,
     SizeSearch,
@@ -149,7 +150,8 @@ class MicroBatcher:
         """The search behind "auto" for inputs shaped like ``inputs`` (memory limit, estimate); None before one."""
         return self._searches.get(_signature(inputs, self))
 
-    def _accumulate(self, inputs: torch.Tensor, targets: torch.Tensor, size: int, weight_per_sample: float) -> StepResult:
+    def _accumulate(self, inputs: torch.Tensor, targets: torch.Tensor, size: int,
+                    weight_per_sample: float) -> StepResult:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         pieces = list(zip(inputs.split(size), targets.split(size)))
@@ -195,16 +197,16 @@ class MicroBatcher:
 
     def _new_search(self, inputs: torch.Tensor, targets: torch.Tensor) -> SizeSearch:
         step = self.ghost_batch_size or 1
-        sample = min(len(inputs), max(step, 16))
+        sample = min(len(inputs), max(step, FIRST_CANDIDATE))
         with self._unchanged_state():
             estimate = estimate_training_memory(self.module, self.loss_fn, inputs[:sample].to(self.device),
                                                 targets[:sample].to(self.device), self._autocast)
         if self.memory_budget_bytes is not None:
-            limit = largest_micro_batch_size(estimate, self.memory_budget_bytes, budget_name="memory_budget_bytes")
+            limit = largest_micro_batch_size(estimate, self.memory_budget_bytes)
         else:
             budget = int(MEMORY_FRACTION * available_memory_bytes(self.device))
-            limit = largest_micro_batch_size(estimate, budget, budget_name=f"the default memory budget ({MEMORY_FRACTION} "
-                                                                          f"of the available memory)")
+            limit = largest_micro_batch_size(estimate, budget, described_as=f"the default memory budget, "
+                                             f"{MEMORY_FRACTION} of the available memory ({budget} bytes),")
         if self.ghost_batch_size is not None:
             check_ghost_batch_size(self.ghost_batch_size, limit)  # the budget must fit one ghost batch
         return SizeSearch(step, limit, estimate)

@@ -107,16 +107,20 @@ def estimate_training_memory(model: nn.Module, loss_fn: Callable[[torch.Tensor, 
     return MemoryEstimate(per_sample_bytes=max(per_sample, 1), fixed_bytes=fixed)
 
 
-def largest_micro_batch_size(estimate: MemoryEstimate, budget_bytes: int, *, budget_name: str) -> int:
+def largest_micro_batch_size(estimate: MemoryEstimate, budget_bytes: int, *,
+                             described_as: str | None = None) -> int:
     """The largest micro-batch whose estimated step fits ``budget_bytes``.
+
+    ``described_as`` names the budget in the error (default ``memory_budget_bytes=<budget_bytes>``).
 
     Raises:
         ValueError: not even one sample fits; the message gives the budget, the need, and the fix.
     """
     largest = (budget_bytes - estimate.fixed_bytes) // estimate.per_sample_bytes
     if largest < 1:
+        budget = described_as or f"memory_budget_bytes={budget_bytes}"
         raise ValueError(
-            f"{budget_name}={budget_bytes} cannot fit a training step of even one sample: it needs about "
+            f"{budget} cannot fit a training step of even one sample: it needs about "
             f"{estimate.bytes_for(1)} bytes ({estimate.per_sample_bytes} per sample + {estimate.fixed_bytes} for "
             f"gradients and optimizer state); raise memory_budget_bytes to at least {estimate.bytes_for(1)}, free "
             f"memory, or use a smaller model")
