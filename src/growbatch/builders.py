@@ -58,16 +58,28 @@ def _check_cap(max_batch_size: int | None, batch_size: int, dataset_size: int) -
     return cap
 
 
-def _check_milestones(milestones: Sequence[float], epochs: int) -> tuple[float, ...]:
+def _check_milestones(milestones: Sequence[float], epochs: float | None = None) -> tuple[float, ...]:
+    if isinstance(milestones, str) or not hasattr(milestones, "__iter__"):
+        raise TypeError(f"milestones should be a sequence of numbers, but got milestones={milestones!r}")
     values = tuple(milestones)
     for m in values:
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m):
             raise TypeError(f"milestones should be numbers, but got {m!r} in milestones={list(values)}")
     if any(b <= a for a, b in zip(values, values[1:])):
         raise ValueError(f"milestones should be strictly increasing, but got milestones={list(values)}")
-    if values and not (0 < values[0] and values[-1] < epochs):
+    if values and values[0] <= 0:
+        raise ValueError(f"milestones should be positive epochs, but got milestones={list(values)}")
+    if values and epochs is not None and values[-1] >= epochs:
         raise ValueError(f"milestones should lie strictly between 0 and epochs={epochs}, but got milestones={list(values)}")
     return values
+
+
+def _check_factor(factor: float) -> float:
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        raise TypeError(f"factor should be a number greater than 1, but got factor={factor!r}")
+    if not factor > 1 or not math.isfinite(factor):
+        raise ValueError(f"factor should be a number greater than 1 (the noise scale is divided by it), but got factor={factor!r}")
+    return float(factor)
 
 
 def _scale_g(lr: float, batch: int, cap: int, n: int, ratio: float, exact: bool) -> tuple[float, int]:
@@ -139,8 +151,7 @@ def step_schedule(
     check_batch_size(batch_size, n)
     cap = _check_cap(max_batch_size, batch_size, n)
     values = _check_milestones(milestones, epochs)
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 1:
-        raise ValueError(f"factor should be a number greater than 1, but got factor={factor!r}")
+    factor = _check_factor(factor)
     if isinstance(batch_increases, bool) or not isinstance(batch_increases, int) or batch_increases < 0:
         raise ValueError(f"batch_increases should be a non-negative integer, but got batch_increases={batch_increases!r}")
 
@@ -282,13 +293,17 @@ def from_lr_scheduler(
 def cosine_lr(lr: float, epochs: float, min_lr: float = 0.0) -> Callable[[float], float]:
     """Cosine annealing from ``lr`` at epoch 0 to ``min_lr`` at ``epochs``."""
     check_lr(lr)
+    check_lr(epochs, "epochs")
+    if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or not 0 <= min_lr < lr:
+        raise ValueError(f"min_lr should be in [0, lr={lr:g}), but got min_lr={min_lr!r}")
     return lambda t: min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * min(t, epochs) / epochs))
 
 
 def multistep_lr(lr: float, milestones: Sequence[float], factor: float) -> Callable[[float], float]:
-    """The lr divided by ``factor`` at each milestone."""
+    """The lr divided by ``factor`` at each milestone (torch's ``MultiStepLR`` with gamma = 1/factor)."""
     check_lr(lr)
-    values = tuple(milestones)
+    values = _check_milestones(milestones)
+    factor = _check_factor(factor)
     return lambda t: lr / factor ** sum(1 for m in values if t >= m)
 
 
