@@ -122,6 +122,7 @@ class Schedule:
     drop_last: bool = False
     name: str = "custom"
     _start_clocks: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _start_epochs: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_dataset_size(self.dataset_size)
@@ -145,6 +146,7 @@ class Schedule:
         for p in self.phases:
             check_batch_size(p.batch_size, self.dataset_size)
         object.__setattr__(self, "_start_clocks", tuple(self._clock_of(p.start_epoch) for p in self.phases))
+        object.__setattr__(self, "_start_epochs", tuple(p.start_epoch for p in self.phases))
 
     # -- the clock -----------------------------------------------------------------
     @property
@@ -159,11 +161,16 @@ class Schedule:
         return whole * self.dataset_size + max(0, position)
 
     def phase_index_at(self, epoch: float, position: int | None = None) -> int:
-        """Index of the phase in force at ``epoch`` (fractional), or at (whole epoch, position)."""
+        """Index of the phase in force at ``epoch`` (fractional), or at (whole epoch, position).
+
+        A fractional epoch is a point in time: the phase with start_epoch <= epoch < end_epoch.
+        (whole epoch, position) is a point on the sample clock: the phase that cuts a batch there.
+        """
         if position is None:
-            clock = self._clock_of(epoch) if epoch > 0 else 0
-        else:
-            clock = int(epoch) * self.dataset_size + position
+            # NOTE: not through the sample clock, whose rounding up to a whole sample would give
+            # the next phase for an epoch just before its start (1.4999 with N = 1000)
+            return max(0, bisect.bisect_right(self._start_epochs, epoch + _EPS) - 1)
+        clock = int(epoch) * self.dataset_size + position
         return max(0, bisect.bisect_right(self._start_clocks, clock) - 1)
 
     def phase_at(self, epoch: float, position: int | None = None) -> Phase:
