@@ -211,7 +211,7 @@ def noise_report(
 
     Example:
         >>> r = noise_report(0.1, 128, 50_000, momentum=0.9)
-        >>> r.noise_scale, r.noise_scale_approx, round(r.batch_size_divide_exact, 1)
+        >>> round(r.noise_scale, 3), round(r.noise_scale_approx, 3), round(r.batch_size_divide_exact, 1)
         (389.625, 390.625, 633.5)
     """
     lr = check_lr(lr)
