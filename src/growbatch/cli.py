@@ -25,6 +25,8 @@ from .planner import (
     noise_report,
 )
 from .presets import PRESETS, get_preset
+from .run_command import add_report_parser, add_run_parser
+from .rundir import LockError
 from .schedule import Schedule
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -199,7 +201,7 @@ def _noise(args: argparse.Namespace) -> int:
 # -- the command -------------------------------------------------------------------------
 # To add a subcommand: write `_add_<name>(subparsers)` that calls `set_defaults(handler=...)`
 # and append it here. Handlers return the exit status and raise ValueError for bad input.
-_SUBCOMMANDS = (_add_plan, _add_presets, _add_noise)
+_SUBCOMMANDS = (_add_plan, _add_presets, _add_noise, add_run_parser, add_report_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,7 +229,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return stop.code or 0
         print(stop.code, file=sys.stderr)
         return 1
-    except (ValueError, TypeError) as err:
-        message = " ".join(str(err).split())  # one line, whatever the message holds
-        print(f"growbatch: error: {message}", file=sys.stderr)
+    except (ValueError, TypeError, LockError) as err:
+        print(f"growbatch: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:  # a read-only or full output directory, a vanished file
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"growbatch: error: {err.strerror or _one_line(err)}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("growbatch: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())  # one line, whatever the message holds

@@ -8,10 +8,14 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["RunLock", "LOCK_NAME", "prepare_output_dir", "write_json_atomic"]
+__all__ = ["LockError", "RunLock", "LOCK_NAME", "prepare_output_dir", "write_json_atomic"]
 
 LOCK_NAME = ".growbatch.lock"
 MANIFEST_NAME = "experiment.json"
+
+
+class LockError(RuntimeError):
+    """The output directory is in use by another growbatch process."""
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -55,7 +59,7 @@ class RunLock:
                 pid = owner.get("pid")
                 same_host = owner.get("host") == me["host"]
                 if isinstance(pid, int) and (not same_host or _pid_alive(pid)):
-                    raise RuntimeError(
+                    raise LockError(
                         f"{self.path.parent} is in use by another growbatch run (pid {pid} on "
                         f"{owner.get('host')}); wait for it to finish or choose another --out"
                     ) from None
@@ -65,7 +69,7 @@ class RunLock:
                 json.dump(me, f)
             self._held = True
             return
-        raise RuntimeError(f"could not take the lock {self.path}; remove it if no run is using the directory")
+        raise LockError(f"could not take the lock {self.path}; remove it if no run is using the directory")
 
     def release(self) -> None:
         if self._held:

@@ -1,0 +1,165 @@
+"""The ``growbatch run`` and ``growbatch report`` subcommands: flags -> ExperimentConfig -> runs -> report."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import OPTIMIZERS
+from .data import DATASET_NAMES, load_dataset
+from .distributed import setup, teardown
+from .experiments import EXPERIMENTS, ExperimentConfig, run_experiment
+from .models import MODEL_NAMES
+from .report import build_report
+from .train import DivergenceError, Interrupted, StopFlag
+
+__all__ = ["add_run_parser", "add_report_parser", "experiment_config_from_args"]
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _name_list(valid: tuple[str, ...]):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(v.strip() for v in text.split(",") if v.strip())
+        bad = [n for n in names if n not in valid]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad) or 'empty list'}; valid: {', '.join(valid)}")
+        return names
+    return parse
+
+
+def _micro(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"micro-batch size should be a positive integer or 'auto', got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run", help="train the paper's comparisons and write a report",
+        description="Train decay / hybrid / increase (compare, §5.1) or the four §5.2 schedules, then write "
+                    "OUT/report.html. With no argument: compare on the embedded digits data set.")
+    p.add_argument("experiment", nargs="?", default="compare", choices=EXPERIMENTS)
+    p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
+    p.add_argument("--data-dir", default=None, help="where the data set files are (npz or torchvision layout)")
+    p.add_argument("--download", action="store_true", help="download missing data set files (checksums verified)")
+    p.add_argument("--model", default=None, choices=MODEL_NAMES, help="default: suited to the data set")
+    p.add_argument("--optimizers", type=_name_list(OPTIMIZERS), default=("momentum",),
+                   help=f"comma-separated: {','.join(OPTIMIZERS)} (default momentum)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="milestones are rescaled to it")
+    p.add_argument("--seeds", type=_int_list, default=(0,), help="comma-separated, e.g. 0,1,2")
+    p.add_argument("--out", default=None, help="output directory (default runs/EXPERIMENT-DATASET)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="initial global batch")
+    p.add_argument("--lr", type=float, default=None, help="initial learning rate (default per optimizer)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--max-batch-size", type=_positive_int, default=None, help="batch cap (default N/10)")
+    p.add_argument("--factor", type=float, default=5.0, help="noise-scale step at each milestone")
+    p.add_argument("--micro-batch-size", type=_micro, default="auto", help="samples per forward pass, or auto")
+    p.add_argument("--ghost-batch-size", type=int, default=None,
+                   help="ghost batch norm size (default: the initial batch size; 0 turns ghost BN off)")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="CPU threads for training (data sets are held in memory, so no loader processes)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="also checkpoint every K updates")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the experiment already in --out")
+    p.add_argument("--force", action="store_true", help="start over in an --out that holds results")
+    p.add_argument("--no-progress", action="store_true", help="plain lines instead of progress bars")
+    p.set_defaults(handler=_run)
+
+
+def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("report", help="rebuild the report of a run directory from its metrics")
+    p.add_argument("run_dir", help="the --out directory of a growbatch run")
+    p.set_defaults(handler=_report)
+
+
+def experiment_config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    if args.ghost_batch_size is not None and args.ghost_batch_size < 0:
+        raise ValueError(f"--ghost-batch-size should be a positive integer (or 0 for plain batch norm), "
+                         f"but got {args.ghost_batch_size}")
+    return ExperimentConfig(
+        experiment=args.experiment, dataset=args.dataset, data_dir=args.data_dir, model=args.model,
+        optimizers=args.optimizers, epochs=args.epochs, seeds=args.seeds, batch_size=args.batch_size,
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, max_batch_size=args.max_batch_size,
+        factor=args.factor, micro_batch_size=args.micro_batch_size, ghost_batch_size=args.ghost_batch_size,
+        device=args.device, channels_last=args.channels_last, checkpoint_every=args.checkpoint_every,
+    )
+
+
+def _install_stop_handlers(stop: StopFlag) -> None:
+    def handler(signum: int, frame: object) -> None:
+        if stop.requested:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        stop.requested = True
+        stop.signal_name = signal.Signals(signum).name
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = experiment_config_from_args(args)
+    out = Path(args.out or f"runs/{config.experiment}-{config.dataset}")
+    if args.workers:
+        torch.set_num_threads(args.workers)
+    info = setup(args.device)
+    stop = StopFlag()
+    _install_stop_handlers(stop)
+    try:
+        dataset = load_dataset(config.dataset, config.data_dir, download=args.download)
+        progress = not args.no_progress
+        run_experiment(config, out, info=info, resume=args.resume, force=args.force, stop=stop,
+                       progress=progress, dataset=dataset)
+        if info.is_main:
+            path = build_report(out)
+            print(path)
+    except Interrupted as err:
+        if info.is_main:
+            command = " ".join(["growbatch", *sys.argv[1:]])
+            if "--resume" not in command:
+                command += " --resume"
+            print(f"growbatch: {err}; resume with: {command}", file=sys.stderr)
+        return 128 + int(getattr(signal, stop.signal_name or "SIGINT", signal.SIGINT))
+    except DivergenceError as err:
+        if info.is_main:
+            print(f"growbatch: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        teardown()
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    print(build_report(Path(args.run_dir)))
+    return 0
+
