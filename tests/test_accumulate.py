@@ -397,3 +397,42 @@ def test_a_budget_that_cannot_fit_one_sample_is_rejected():
                                          r"it needs about \d+ bytes \(\d+ per sample \+ \d+ for gradients and "
                                          r"optimizer state\); raise memory_budget_bytes to at least \d+"):
         micro.backward(inputs, targets, global_batch_size=32)
+
+
+def test_transform_per_micro_batch_equals_transforming_the_whole_batch():
+    """uint8 logical batch + per-micro-batch normalisation = the normalised batch in one pass (bit for bit)."""
+    generator = torch.Generator().manual_seed(1)
+    raw = torch.randint(0, 256, (21, 3, 4, 4), dtype=torch.uint8, generator=generator)
+    targets = torch.randint(5, (21,), generator=generator)
+
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255 - 0.5) / 0.25
+
+    model = make(lambda: cnn(GhostBatchNorm2d, ghost_batch_size=4))
+    plain, transformed = copy.deepcopy(model), copy.deepcopy(model)
+    a = MicroBatcher(plain, F.cross_entropy, micro_batch_size=8).backward(normalize(raw), targets, global_batch_size=21)
+    b = MicroBatcher(transformed, F.cross_entropy, micro_batch_size=8, transform=normalize).backward(
+        raw, targets, global_batch_size=21)
+    assert a == b
+    for (name, p), q in zip(plain.named_parameters(), transformed.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad), name
+    for x, y in zip(plain.buffers(), transformed.buffers(), strict=True):
+        assert torch.equal(x, y)
+
+
+def test_transform_is_used_by_the_auto_size_search():
+    seen = []
+
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.dtype)
+        return x.float() / 255
+
+    raw = torch.randint(0, 256, (40, 3, 4, 4), dtype=torch.uint8)
+    micro = MicroBatcher(make(mlp), F.cross_entropy, micro_batch_size="auto", transform=normalize)
+    result = micro.backward(raw, torch.randint(5, (40,)), global_batch_size=40)
+    assert result.samples == 40 and set(seen) == {torch.uint8}
+
+
+def test_transform_must_be_callable():
+    with pytest.raises(TypeError, match="transform should be callable or None, but got int"):
+        MicroBatcher(make(mlp), F.cross_entropy, micro_batch_size=4, transform=3)

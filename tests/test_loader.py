@@ -197,3 +197,24 @@ def test_state_from_another_data_set():
 
 def test_docstring_examples():
     assert doctest.testmod(growbatch.loader).failed == 0
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_unnormalized_batches_are_the_stored_dtype_and_normalize_to_the_same(augment):
+    inputs, targets = make_data(37, height=8, width=8)
+    kwargs = dict(mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3], crop_padding=2 if augment else 0, flip=augment,
+                  seed=3, channels_last=True)
+    normalized = one_pass(TensorLoader(inputs, targets, 10, **kwargs))
+    raw_loader = TensorLoader(inputs, targets, 10, normalize_batches=False, **kwargs)
+    raw = one_pass(raw_loader)
+    assert [x.dtype for x, _ in raw] == [torch.uint8] * 4
+    for (x, y), (r, t) in zip(normalized, raw, strict=True):
+        later = raw_loader.normalize(r)
+        assert torch.equal(later, x) and torch.equal(y, t)
+        assert later.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_normalize_batches_must_be_a_bool():
+    inputs, targets = make_data(4)
+    with pytest.raises(TypeError, match="normalize_batches should be True or False, but got normalize_batches=1"):
+        TensorLoader(inputs, targets, 2, normalize_batches=1)

@@ -68,6 +68,9 @@ class MicroBatcher:
             the CPU); default the model's device.
         autocast_dtype: ``torch.bfloat16`` (or ``torch.float16``, which needs loss scaling this does not
             do) to run forward passes under ``torch.autocast``; None for full precision.
+        transform: applied to each micro-batch's inputs on ``device`` before the forward pass, e.g. a
+            loader's normalisation (``TensorLoader(..., normalize_batches=False)``), so the logical
+            batch can stay uint8 and only one micro-batch at a time is float32.
 
     Raises:
         TypeError, ValueError: a micro_batch_size that is neither a positive int nor "auto"; a
@@ -84,7 +87,8 @@ class MicroBatcher:
 
     def __init__(self, model: nn.Module, loss_fn: LossFunction, *, micro_batch_size: int | str = "auto",
                  memory_budget_bytes: int | None = None, device: torch.device | str | None = None,
-                 autocast_dtype: torch.dtype | None = None) -> None:
+                 autocast_dtype: torch.dtype | None = None,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         _check_micro_batch_size(micro_batch_size)
         if memory_budget_bytes is not None:
             _check_memory_budget(memory_budget_bytes, micro_batch_size)
@@ -94,6 +98,9 @@ class MicroBatcher:
         self.model, self.loss_fn = model, loss_fn
         self.micro_batch_size, self.memory_budget_bytes = micro_batch_size, memory_budget_bytes
         self.autocast_dtype = autocast_dtype
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform should be callable or None, but got {type(transform).__name__}")
+        self.transform = transform
         # the network itself: DDP's no_sync/module, but measurements bypass DDP's hooks
         self.module: nn.Module = model.module if hasattr(model, "no_sync") else model
         self.device = torch.device(device) if device is not None else _model_device(self.module)
@@ -157,7 +164,7 @@ class MicroBatcher:
         pieces = list(zip(inputs.split(size), targets.split(size)))
         for index, (micro_inputs, micro_targets) in enumerate(pieces):
             last = index == len(pieces) - 1
-            micro_inputs = micro_inputs.to(self.device, non_blocking=True)
+            micro_inputs = self._prepare(micro_inputs.to(self.device, non_blocking=True))
             micro_targets = micro_targets.to(self.device, non_blocking=True)
             self._synchronising = last and hasattr(self.model, "no_sync")
             with nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync():
@@ -182,10 +189,13 @@ class MicroBatcher:
             return StepResult(loss_sum=0.0, correct=0, samples=0, micro_batches=0, micro_batch_size=0)
         buffers = _copy_buffers(self.module)
         with self._autocast():
-            outputs = self.model(inputs.to(self.device))
+            outputs = self.model(self._prepare(inputs.to(self.device)))
         (outputs.sum() * 0.0).backward()
         _restore_buffers(self.module, buffers)
         return StepResult(loss_sum=0.0, correct=0, samples=0, micro_batches=1, micro_batch_size=0)
+
+    def _prepare(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.transform(inputs) if self.transform is not None else inputs
 
     def _choose(self, inputs: torch.Tensor, targets: torch.Tensor) -> int:
         if self.micro_batch_size != "auto":
@@ -199,7 +209,8 @@ class MicroBatcher:
         step = self.ghost_batch_size or 1
         sample = min(len(inputs), max(step, FIRST_CANDIDATE))
         with self._unchanged_state():
-            estimate = estimate_training_memory(self.module, self.loss_fn, inputs[:sample].to(self.device),
+            first = self._prepare(inputs[:sample].to(self.device))
+            estimate = estimate_training_memory(self.module, self.loss_fn, first,
                                                 targets[:sample].to(self.device), self._autocast)
         if self.memory_budget_bytes is not None:
             limit = largest_micro_batch_size(estimate, self.memory_budget_bytes)
@@ -213,7 +224,7 @@ class MicroBatcher:
 
     def _measure(self, inputs: torch.Tensor, targets: torch.Tensor, size: int) -> float | None:
         """Samples/s of forward + backward at ``size`` (the fastest of TIMED_STEPS), None if out of memory."""
-        micro_inputs = inputs[:size].to(self.device)
+        micro_inputs = self._prepare(inputs[:size].to(self.device))
         micro_targets = targets[:size].to(self.device)
         parameters = [p for p in self.module.parameters() if p.requires_grad]
         seconds = []
