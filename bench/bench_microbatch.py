@@ -49,12 +49,16 @@ NAIVE_TIME_LIMIT = 60.0  # s: a naive update expected to take longer (fixed-swee
 NAIVE_MEMORY_SHARE = 0.5  # a naive update whose estimated memory exceeds this share of free RAM is not run
 
 
-def setup(name: str, batch: int, seed: int = 0):
+def setup(name: str, batch: int, seed: int = 0, uint8: bool = False):
     spec = MODELS[name]
     torch.manual_seed(seed)
     model = build_model(name, in_channels=spec["in_channels"], num_classes=10, image_size=spec["image_size"])
     generator = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(batch, spec["in_channels"], spec["image_size"], spec["image_size"], generator=generator)
+    shape = (batch, spec["in_channels"], spec["image_size"], spec["image_size"])
+    if uint8:  # as growbatch's own loop holds a logical batch: raw pixels, normalised per micro-batch
+        inputs = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+    else:
+        inputs = torch.randn(shape, generator=generator)
     targets = torch.randint(10, (batch,), generator=generator)
     return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), inputs, targets
 
@@ -86,10 +90,16 @@ def run_one_pass(name: str, batch: int, updates: int) -> dict:
     return {"samples_per_s": batch / statistics.median(seconds), "peak_rss_mb": peak_rss_mb()}
 
 
-def run_growbatch(name: str, logical: int, micro_batch_size: int | str = "auto", share: int | None = None) -> dict:
-    model, optimizer, inputs, targets = setup(name, logical)
+def normalize_uint8(batch: torch.Tensor) -> torch.Tensor:
+    return batch.float().mul_(1 / 255).sub_(0.5)
+
+
+def run_growbatch(name: str, logical: int, micro_batch_size: int | str = "auto", share: int | None = None,
+                  uint8: bool = False) -> dict:
+    model, optimizer, inputs, targets = setup(name, logical, uint8=uint8)
     share = share or MODELS[name]["share"].get(logical, logical)
-    micro = MicroBatcher(model, F.cross_entropy, micro_batch_size=micro_batch_size)
+    micro = MicroBatcher(model, F.cross_entropy, micro_batch_size=micro_batch_size,
+                         transform=normalize_uint8 if uint8 else None)
     results = []
 
     def update() -> None:
@@ -127,6 +137,25 @@ def in_subprocess(kind: str, **arguments) -> dict:
     return result
 
 
+def bench_memory(name: str, chosen: int, auto_peak_mb: float | None = None) -> dict:
+    """Peak RSS at logical batch 16,000 micro-batched at ``chosen`` (float32 and uint8 logical batch) vs one pass at ``chosen``."""
+    at_micro = in_subprocess("one_pass", name=name, batch=chosen, updates=2)
+    memory = {"chosen_micro_batch_size": chosen, "peak_rss_mb_one_pass_at_chosen": at_micro["peak_rss_mb"],
+              "peak_rss_mb_logical_16000_auto_incl_measuring": auto_peak_mb}
+    # the whole logical batch is in memory, and computing 4 of its micro-batches peaks as high as all of them
+    for label, uint8 in (("float32", False), ("uint8", True)):
+        at_logical = in_subprocess("growbatch", name=name, logical=LOGICAL[-1], micro_batch_size=chosen,
+                                   share=4 * chosen, uint8=uint8)
+        memory[label] = {
+            "peak_rss_mb_logical_16000_micro_batched": at_logical["peak_rss_mb"],
+            "logical_batch_tensor_mb": at_logical["logical_batch_mb"],
+            "ratio": at_logical["peak_rss_mb"] / at_micro["peak_rss_mb"],
+            "ratio_without_the_batch_tensor":
+                (at_logical["peak_rss_mb"] - at_logical["logical_batch_mb"]) / at_micro["peak_rss_mb"],
+        }
+    return memory
+
+
 def bench_model(name: str) -> dict:
     started = time.perf_counter()
     spec = MODELS[name]
@@ -153,21 +182,7 @@ def bench_model(name: str) -> dict:
         row["growbatch_pct_of_best_fixed"] = 100 * row["growbatch"]["samples_per_s"] / rates[best_size]
         if "samples_per_s" in row["naive"]:
             row["naive_pct_of_best_fixed"] = 100 * row["naive"]["samples_per_s"] / rates[best_size]
-    # memory at 16,000: micro-batching at the chosen size (no measuring) vs one pass at that size; the
-    # whole logical batch is in memory, and computing 4 of its micro-batches peaks as high as all of them
-    chosen = rows[-1]["growbatch"]["micro_batch_size"]
-    at_logical = in_subprocess("growbatch", name=name, logical=LOGICAL[-1], micro_batch_size=chosen, share=4 * chosen)
-    at_micro = in_subprocess("one_pass", name=name, batch=chosen, updates=2)
-    memory = {
-        "chosen_micro_batch_size": chosen,
-        "peak_rss_mb_one_pass_at_chosen": at_micro["peak_rss_mb"],
-        "peak_rss_mb_logical_16000_micro_batched": at_logical["peak_rss_mb"],
-        "peak_rss_mb_logical_16000_auto_incl_measuring": rows[-1]["growbatch"]["peak_rss_mb"],
-        "logical_batch_tensor_mb": at_logical["logical_batch_mb"],
-    }
-    memory["ratio"] = at_logical["peak_rss_mb"] / at_micro["peak_rss_mb"]
-    memory["ratio_without_the_batch_tensor"] = (at_logical["peak_rss_mb"] - at_logical["logical_batch_mb"]) \
-        / at_micro["peak_rss_mb"]
+    memory = bench_memory(name, rows[-1]["growbatch"]["micro_batch_size"], rows[-1]["growbatch"]["peak_rss_mb"])
     return {"one_pass_samples_per_s": rates, "best_fixed": {"batch_size": best_size, "samples_per_s": rates[best_size]},
             "memory_estimate": estimate, "rows": rows, "memory_16000": memory,
             "wall_s": time.perf_counter() - started}
@@ -176,6 +191,8 @@ def bench_model(name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", choices=[*MODELS, "all"], default="all")
+    parser.add_argument("--memory-only", type=int, metavar="MICRO", default=None,
+                        help="only the peak-memory comparison at logical 16,000, at this micro-batch size")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -185,6 +202,9 @@ def main() -> None:
         print(json.dumps(worker(**config)))
         return
     names = list(MODELS) if args.model == "all" else [args.model]
+    if args.memory_only:
+        print(json.dumps({name: bench_memory(name, args.memory_only) for name in names}, indent=2))
+        return
     result = {
         "benchmark": "micro_batching_throughput_and_memory",
         "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "torch": torch.__version__,
