@@ -685,3 +685,28 @@ def test_shared_cifar10_arrays_match_the_published_hashes():
     dataset = _check_shared("cifar10", (50000, 10000))
     assert dataset.y_train[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
     assert dataset.y_test[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+
+
+def test_subset_keeps_class_shares_and_the_test_split() -> None:
+    data = growbatch.data.load_dataset("digits")
+    small = data.subset(300, seed=4)
+    assert small.train_size == 300 and small.test_size == data.test_size
+    assert torch.equal(small.x_test, data.x_test) and small.mean == data.mean and small.std == data.std
+    full_counts = torch.bincount(data.y_train, minlength=10).double()
+    small_counts = torch.bincount(small.y_train, minlength=10).double()
+    assert int(small_counts.sum()) == 300
+    assert ((small_counts - full_counts * 300 / data.train_size).abs() < 1).all()  # largest remainder
+    # every chosen image is a training image with its own label
+    rows = {bytes(x.flatten().tolist()) + bytes([int(y)]) for x, y in zip(data.x_train, data.y_train, strict=True)}
+    chosen = [bytes(x.flatten().tolist()) + bytes([int(y)]) for x, y in zip(small.x_train, small.y_train, strict=True)]
+    assert set(chosen) <= rows
+    assert torch.equal(data.subset(300, seed=4).x_train, small.x_train)  # the seed fixes it
+    assert not torch.equal(data.subset(300, seed=5).x_train, small.x_train)
+    assert data.subset(data.train_size) is data
+
+
+@pytest.mark.parametrize("size", [0, 9, 1443])
+def test_subset_of_an_impossible_size_names_the_range(size: int) -> None:
+    data = growbatch.data.load_dataset("digits")
+    with pytest.raises(ValueError, match=f"train_size should be between 10 .* and 1442 .*, but got {size}"):
+        data.subset(size)

@@ -95,6 +95,39 @@ class ImageDataset:
         """Number of test images."""
         return int(self.x_test.shape[0])
 
+    def subset(self, train_size: int, *, seed: int = 0) -> ImageDataset:
+        """The same data set with ``train_size`` training images drawn without replacement by ``seed``.
+
+        Every class keeps its share (rounded) of the training split, so a 10,000-image MNIST is
+        still balanced; the test split, mean and std are unchanged, so accuracies stay comparable
+        with runs on the whole training split.
+
+        Raises:
+            ValueError: ``train_size`` is not in ``[num_classes, train_size]``.
+        """
+        if isinstance(train_size, bool) or not isinstance(train_size, int):
+            raise TypeError(f"train_size should be an int, but got {type(train_size).__name__}")
+        if not self.num_classes <= train_size <= self.train_size:
+            raise ValueError(f"train_size should be between {self.num_classes} (one image per class) and "
+                             f"{self.train_size} (all of {self.name}'s training images), but got {train_size}")
+        if train_size == self.train_size:
+            return self
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(self.train_size, generator=generator)
+        labels = self.y_train[order]
+        counts = torch.bincount(labels, minlength=self.num_classes).double()
+        # largest remainder: per-class quotas that add up to train_size exactly
+        exact = counts * train_size / self.train_size
+        quota = exact.floor().long()
+        short = train_size - int(quota.sum())
+        quota[torch.argsort(exact - quota, descending=True, stable=True)[:short]] += 1
+        rank_in_class = torch.empty_like(labels)
+        for label in range(self.num_classes):
+            where = (labels == label).nonzero().flatten()
+            rank_in_class[where] = torch.arange(len(where))
+        chosen = order[rank_in_class < quota[labels]].sort().values
+        return dataclasses.replace(self, x_train=self.x_train[chosen], y_train=self.y_train[chosen])
+
     def __repr__(self) -> str:
         return (f"ImageDataset(name={self.name!r}, train_size={self.train_size}, test_size={self.test_size}, "
                 f"image=({self.in_channels}, {self.image_size}, {self.image_size}), "
