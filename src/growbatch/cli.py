@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,7 +41,8 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line, like the library's (subparsers inherit it)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"growbatch: error: {message} (see '{self.prog} --help')\n")
+        # every rank parses the same command line: one copy of the message is enough (NOTE [one report])
+        self.exit(2, None if _launched_rank() > 0 else f"growbatch: error: {message} (see '{self.prog} --help')\n")
 
 
 def _numbers(text: str) -> tuple[float, ...]:
@@ -230,15 +232,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(stop.code, file=sys.stderr)
         return 1
     except (ValueError, TypeError, LockError) as err:
-        print(f"growbatch: error: {_one_line(err)}", file=sys.stderr)
+        _print_error(err, _one_line(err))
         return 2
     except OSError as err:  # a read-only or full output directory, a vanished file
         where = f": {err.filename}" if getattr(err, "filename", None) else ""
-        print(f"growbatch: error: {err.strerror or _one_line(err)}{where}", file=sys.stderr)
+        _print_error(err, f"{err.strerror or _one_line(err)}{where}")
         return 1
     except KeyboardInterrupt:
         print("growbatch: interrupted", file=sys.stderr)
         return 130
+
+
+# NOTE [one report]: under torchrun every rank runs main(). An error from the command line (raised
+# before the process group exists) or one rank 0 relayed to the others (distributed.from_main) is the
+# same on every rank, and rank 0 alone reports it; an error of one rank's own is reported by that rank,
+# tagged with its number (run_command sets err.rank).
+def _launched_rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _print_error(err: BaseException, text: str) -> None:
+    if getattr(err, "relayed", False):
+        return
+    rank = getattr(err, "rank", None)
+    if rank is None and _launched_rank() > 0:
+        return
+    tag = f"[rank {rank}] " if rank else ""
+    print(f"growbatch: error: {tag}{text}", file=sys.stderr)
 
 
 def _one_line(err: BaseException) -> str:

@@ -14,7 +14,8 @@ from pathlib import Path
 from .builders import default_max_batch_size, step_schedule
 from .config import OPTIMIZERS, RunConfig
 from .data import DATASET_NAMES, ImageDataset, load_dataset
-from .distributed import DistInfo
+from .distributed import DistInfo, from_main
+from .ghost_bn import check_ghost_batch_size
 from .metrics import read_records
 from .models import MODEL_NAMES
 from .rundir import RunLock, prepare_output_dir, write_json_atomic
@@ -161,6 +162,14 @@ def _summary_row(run: RunConfig, records: list[dict]) -> dict:
     }
 
 
+def _run_state(run: RunConfig, run_dir: Path, resume: bool, force: bool) -> tuple[list[dict], bool, bool]:
+    """A run's records in ``run_dir``, whether it is finished, and whether to resume it from its checkpoint."""
+    records = read_records(run_dir / METRICS_NAME) if (run_dir / METRICS_NAME).exists() else []
+    finished = resume and len(records) == run.schedule.epochs and not force
+    resume_run = resume and not force and (run_dir / CHECKPOINT_NAME).exists()
+    return records, finished, resume_run
+
+
 def run_experiment(
     config: ExperimentConfig,
     out: Path,
@@ -181,12 +190,21 @@ def run_experiment(
     dataset = dataset or load_dataset(config.dataset, config.data_dir)
     runs = run_configs(config, dataset.train_size)
     manifest = config.manifest()
+    # NOTE [rank 0 decides]: only rank 0 takes the lock, reads and writes the output directory; the
+    # other ranks receive its decisions (and its errors) through from_main, so they cannot disagree
+    # and need not share its file system.
     lock = RunLock(out) if info.is_main else None
-    continuing = False
-    if info.is_main:
+
+    def prepare() -> bool:
+        for run in runs:  # fail before the first run trains, and once rather than on every rank
+            if run.ghost_batch_size and isinstance(run.micro_batch_size, int):
+                check_ghost_batch_size(run.ghost_batch_size, run.micro_batch_size)
         continuing = prepare_output_dir(out, manifest, resume=resume, force=force)
         out.mkdir(parents=True, exist_ok=True)
         lock.acquire()
+        return continuing
+
+    continuing = from_main(prepare)
     try:
         if info.is_main:
             write_json_atomic(out / "experiment.json", manifest)
@@ -196,13 +214,8 @@ def run_experiment(
             run_dir = out / run.name
             if on_run is not None:
                 on_run(run)
-            records = read_records(run_dir / METRICS_NAME) if (run_dir / METRICS_NAME).exists() else []
-            finished = (continuing or resume) and len(records) == run.schedule.epochs and not force
+            records, finished, resume_run = from_main(lambda: _run_state(run, run_dir, continuing or resume, force))
             if not finished:
-                if force or not (run_dir / CHECKPOINT_NAME).exists():
-                    resume_run = False
-                else:
-                    resume_run = continuing or resume
                 records = list(train_run(run, dataset, run_dir, info=info, resume=resume_run,
                                          stop=stop, progress=progress))
             summary["runs"].append(_summary_row(run, records))

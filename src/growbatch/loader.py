@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .allocator import keep_freed_memory
 from .sampler import DynamicBatchSampler, _check_int, derive_seed
 from .schedule import Schedule
 
@@ -105,6 +106,8 @@ class TensorLoader:
             drop_last=drop_last, rank=rank, world_size=world_size,
         )
         self.device = torch.device(device) if device is not None else inputs.device
+        if self.device.type == "cpu":
+            keep_freed_memory()  # NOTE: large CPU batches reuse freed pages (growbatch.allocator)
         # the data moves to the device once; batches are gathered there
         self.inputs = inputs.to(self.device)
         self.targets = targets.to(self.device, torch.long)

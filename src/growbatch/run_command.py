@@ -135,15 +135,18 @@ def _run(args: argparse.Namespace) -> int:
     info = setup(args.device)
     stop = StopFlag()
     _install_stop_handlers(stop)
+    in_step = False  # True where every rank ends the same way at the same point (then they leave together)
     try:
         dataset = load_dataset(config.dataset, config.data_dir, download=args.download)
         progress = not args.no_progress
         run_experiment(config, out, info=info, resume=args.resume, force=args.force, stop=stop,
                        progress=progress, dataset=dataset)
+        in_step = True
         if info.is_main:
             path = build_report(out)
             print(path)
     except Interrupted as err:
+        in_step = True
         if info.is_main:
             command = " ".join(["growbatch", *sys.argv[1:]])
             if "--resume" not in command:
@@ -151,12 +154,37 @@ def _run(args: argparse.Namespace) -> int:
             print(f"growbatch: {err}; resume with: {command}", file=sys.stderr)
         return 128 + int(getattr(signal, stop.signal_name or "SIGINT", signal.SIGINT))
     except DivergenceError as err:
+        in_step = True
         if info.is_main:
             print(f"growbatch: error: {err}", file=sys.stderr)
         return 1
+    except RuntimeError as err:
+        if not (info.enabled and _is_collective_failure(err)):
+            if info.enabled:
+                err.rank = info.rank
+            raise
+        # NOTE [lost rank]: a rank died (its connections closed) or hung past the timeout; torchrun
+        # stops the others. The last checkpoint is intact: rank 0 writes it whole, then renames it.
+        command = " ".join(["growbatch", *sys.argv[1:], "--resume"])
+        detail = " ".join(str(err).split())[:200]
+        print(f"growbatch: error: rank {info.rank} lost the other processes: a rank died or hung "
+              f"({type(err).__name__}: {detail}); resume under the same launcher with: {command}",
+              file=sys.stderr, flush=True)
+        return 1
+    except (ValueError, TypeError, OSError) as err:
+        if info.enabled:
+            err.rank = info.rank  # this rank's own error: cli.main reports it (NOTE [one report] in cli.py)
+        raise
     finally:
-        teardown()
+        teardown(wait=in_step)
     return 0
+
+
+def _is_collective_failure(err: RuntimeError) -> bool:
+    """A collective that failed because a rank died or hung (DDP wraps gloo's error in a plain RuntimeError)."""
+    text = str(err)
+    return isinstance(err, torch.distributed.DistError) or any(
+        mark in text for mark in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out"))
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -21,7 +21,8 @@ from .accumulate import MicroBatcher
 from .checkpoint import capture_rng, check_compatible, load_checkpoint, restore_rng, save_checkpoint
 from .config import RunConfig
 from .data import ImageDataset
-from .distributed import AllReduceStats, DistInfo, average_buffers, sum_over_ranks, wrap_ddp
+from .distributed import (AllReduceStats, DistInfo, average_buffers, from_main, sum_over_ranks, warn_if_ghosts_split,
+                          wrap_ddp)
 from .loader import TensorLoader
 from .metrics import append_record, read_records, write_records
 from .models import build_model
@@ -134,10 +135,16 @@ def train_run(
                          f"{dataset.train_size} training samples")
     checkpoint_path = run_dir / CHECKPOINT_NAME
     metrics_path = run_dir / METRICS_NAME
-    saved = None
-    if resume and checkpoint_path.exists():
-        saved = load_checkpoint(checkpoint_path)
-        check_compatible(saved["config"], config.to_dict(), checkpoint_path)
+    def load() -> dict | None:
+        if not (resume and checkpoint_path.exists()):
+            return None
+        state = load_checkpoint(checkpoint_path)
+        check_compatible(state["config"], config.to_dict(), checkpoint_path)
+        return state
+
+    # rank 0 reads the checkpoint and hands it to the others (NOTE [rank 0 decides] in experiments.py);
+    # it is rank-independent, so a run resumes on any number of processes
+    saved = from_main(load)
 
     torch.manual_seed(config.seed)
     model = build_model(config.model, in_channels=dataset.in_channels, num_classes=dataset.num_classes,
@@ -151,6 +158,8 @@ def train_run(
         rank=info.rank, world_size=info.world_size, device=info.device, channels_last=config.channels_last,
     )
     scheduler = BatchSizeScheduler(loader, optimizer, schedule)
+    if info.is_main:
+        warn_if_ghosts_split(schedule, config.ghost_batch_size, info.world_size)
     stats = AllReduceStats()
     ddp_model = wrap_ddp(model, info, stats)
     # NOTE [bf16]: on CUDA the forward passes run under bf16 autocast; the CPU stays in float32 (exact resumes)
