@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng", "check_compatible"]
+__all__ = ["CHECKPOINT_VERSION", "TEST_PAUSE_ENV", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng",
+           "check_compatible"]
 
 CHECKPOINT_VERSION = 1
+
+# NOTE [test-pause]: tests kill a run *during* a checkpoint write. With this variable set to a
+# number of seconds, save_checkpoint writes half of the temporary file, then sleeps that long
+# before writing the rest, so a test can find the half-written .tmp and SIGKILL the process.
+TEST_PAUSE_ENV = "GROWBATCH_TEST_PAUSE_IN_CHECKPOINT"
 
 # Settings that must match for a checkpoint to be continued; others (device, threads,
 # progress, checkpoint frequency, output paths) may change between a run and its resume.
@@ -36,14 +44,40 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically: the previous file stays intact until the new one is complete."""
+    """Write ``state`` to ``path`` atomically: the previous file stays intact until the new one is complete.
+
+    Raises:
+        OSError: the file could not be written (read-only or full directory, file size limit);
+            the temporary file is removed and ``path`` is left as it was.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"version": CHECKPOINT_VERSION, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # serialised in memory first: a failed disk write is then a plain OSError (torch's zip writer
+    # would turn it into a RuntimeError about stream positions)
+    buffer = io.BytesIO()
+    torch.save({"version": CHECKPOINT_VERSION, **state}, buffer)
+    data = buffer.getbuffer()
+    try:
+        with open(tmp, "wb") as f:
+            pause = float(os.environ.get(TEST_PAUSE_ENV) or 0)
+            if pause > 0:  # NOTE [test-pause]
+                f.write(data[: len(data) // 2])
+                f.flush()
+                time.sleep(pause)
+                f.write(data[len(data) // 2:])
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the original error says more
+        if isinstance(err, OSError) and err.filename is None:  # write() errors name no file
+            raise OSError(err.errno, err.strerror or str(err), str(tmp)) from err
+        raise
     _fsync_dir(path.parent)
 
 
@@ -60,22 +94,54 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as err:  # torch raises many types for a torn or foreign file
         raise ValueError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}); "
                          "delete it to start over, or use --force") from None
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        found = state.get("version") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"checkpoint {path} has version {found!r}, expected {CHECKPOINT_VERSION}")
+    if not isinstance(state, dict) or "version" not in state:
+        held = f"a {type(state).__name__}"
+        if isinstance(state, dict):
+            held = f"a dict with keys {sorted(map(str, state))[:5]}"
+        raise ValueError(f"{path} is not a growbatch checkpoint (it holds {held}); delete it to start over, "
+                         "or use --force")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint {path} has version {state['version']!r}, expected {CHECKPOINT_VERSION} "
+                         "(written by another growbatch version); resume with that version, or use --force")
     return state
 
 
+def _first_difference(key: str, saved: Any, current: Any) -> tuple[str, Any, Any] | None:
+    """The first nested setting where two values differ, as ``(path, saved, current)``: for a
+    schedule, ``schedule.phases[0].lr`` rather than two long dicts."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for sub in [*saved, *(k for k in current if k not in saved)]:
+            found = _first_difference(f"{key}.{sub}", saved.get(sub), current.get(sub))
+            if found:
+                return found
+        return None
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        for index, (a, b) in enumerate(zip(saved, current)):
+            found = _first_difference(f"{key}[{index}]", a, b)
+            if found:
+                return found
+        return None
+    return None if saved == current else (key, saved, current)
+
+
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    """Refuse a checkpoint whose configuration differs in a setting that changes the run."""
+    """Refuse a checkpoint whose configuration differs in a setting that changes the run.
+
+    Raises:
+        ValueError: naming the first differing setting (nested, e.g. ``schedule.phases[0].lr``)
+            and both values.
+    """
+    def short(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
     for key in COMPATIBLE_KEYS:
-        if saved.get(key) != current.get(key):
-            def short(value: Any) -> str:
-                text = repr(value)
-                return text if len(text) <= 60 else text[:57] + "..."
+        found = _first_difference(key, saved.get(key), current.get(key))
+        if found:
+            name, was, now = found
             raise ValueError(
-                f"checkpoint {path} was written with {key}={short(saved.get(key))}, but this run has "
-                f"{key}={short(current.get(key))}; use the original settings, or --force to start over"
+                f"checkpoint {path} was written with {name}={short(was)}, but this run has "
+                f"{name}={short(now)}; use the original settings, or --force to start over"
             )
 
 
