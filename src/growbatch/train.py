@@ -156,6 +156,7 @@ def train_run(
         dataset.x_train, dataset.y_train, schedule, mean=dataset.mean, std=dataset.std,
         crop_padding=4 if dataset.augment else 0, flip=dataset.augment, seed=config.seed,
         rank=info.rank, world_size=info.world_size, device=info.device, channels_last=config.channels_last,
+        normalize_batches=False,  # uint8 logical batches; each micro-batch is normalised on its own
     )
     scheduler = BatchSizeScheduler(loader, optimizer, schedule)
     if info.is_main:
@@ -165,19 +166,27 @@ def train_run(
     # NOTE [bf16]: on CUDA the forward passes run under bf16 autocast; the CPU stays in float32 (exact resumes)
     autocast_dtype = torch.bfloat16 if info.device.type == "cuda" else None
     micro = MicroBatcher(ddp_model, nn.functional.cross_entropy, micro_batch_size=config.micro_batch_size,
-                         device=info.device, autocast_dtype=autocast_dtype)
+                         device=info.device, autocast_dtype=autocast_dtype, transform=loader.normalize)
     state = _State()
+    last_epoch, last_lr, last_batch = 0, scheduler.get_last_lr()[0], 0  # of the latest update, for messages
 
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        loader.load_state_dict(saved["loader"])
-        stats.load_state_dict(saved["allreduce"])
-        c = saved["counters"]
-        state = _State(c["epoch"], c["updates"], c["samples"], c["wall_s"], _Tally(**saved["tally"]),
-                       list(saved["records"]))
-        restore_rng(saved["rng"])
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            loader.load_state_dict(saved["loader"])
+            stats.load_state_dict(saved["allreduce"])
+            c = saved["counters"]
+            state = _State(c["epoch"], c["updates"], c["samples"], c["wall_s"], _Tally(**saved["tally"]),
+                           list(saved["records"]))
+            restore_rng(saved["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            # a checkpoint whose settings match but whose contents do not (edited, or another version's)
+            detail = " ".join(str(err).split())
+            raise ValueError(f"checkpoint {checkpoint_path} does not fit run {config.name} "
+                             f"({type(err).__name__}: {detail[:200]}); delete it to start this run over, "
+                             "or use --force") from None
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / CONFIG_NAME, {**config.to_dict(), "growbatch_version": __version__,
@@ -188,6 +197,13 @@ def train_run(
 
     def save() -> None:
         average_buffers(model)
+        # a checkpoint is only written with finite weights, so the last one kept is always a good one
+        bad = _non_finite_state(model, optimizer)
+        if bad is not None:
+            raise DivergenceError(
+                f"run {config.name}: {bad} became inf or NaN by update {state.updates} in epoch "
+                f"{_epoch_of(last_epoch, schedule.epochs)} (lr={last_lr:g}, batch_size={last_batch}); "
+                f"{_kept(checkpoint_path)}")
         if not info.is_main:
             return
         save_checkpoint(checkpoint_path, {
@@ -217,12 +233,14 @@ def train_run(
             result = micro.backward(inputs, targets, global_batch_size=global_batch, world_size=info.world_size)
             loss_sum, bad = sum_over_ranks([result.loss_sum, float(not math.isfinite(result.loss_sum))], info.device) \
                 if info.enabled else (result.loss_sum, float(not math.isfinite(result.loss_sum)))
-            if bad or not math.isfinite(loss_sum):
+            lr = scheduler.get_last_lr()[0]
+            if bad or not math.isfinite(loss_sum):  # before optimizer.step: the weights stay as checkpointed
                 raise DivergenceError(
-                    f"run {config.name}: the training loss became {loss_sum} at epoch {epoch}, update "
-                    f"{state.updates + 1} (lr={scheduler.get_last_lr()[0]:g}, batch_size={global_batch}); "
-                    f"the last good checkpoint {checkpoint_path} is kept; lower the learning rate")
+                    f"run {config.name}: the training loss became {loss_sum} at update {state.updates + 1} in "
+                    f"epoch {_epoch_of(epoch, schedule.epochs)} (lr={lr:g}, batch_size={global_batch}); "
+                    f"{_kept(checkpoint_path)}")
             optimizer.step()
+            last_epoch, last_lr, last_batch = epoch, lr, global_batch
             scheduler.step()
             state.updates += 1
             state.samples += global_batch
@@ -241,8 +259,9 @@ def train_run(
                 if requested:
                     if bar is not None:
                         bar.close()
-                    raise Interrupted(f"run {config.name} stopped by {stop.signal_name or 'request'} at epoch "
-                                      f"{epoch}, update {state.updates}; checkpoint written to {checkpoint_path}")
+                    raise Interrupted(f"run {config.name} stopped by {stop.signal_name or 'request'} after update "
+                                      f"{state.updates} in epoch {_epoch_of(epoch, schedule.epochs)}; "
+                                      f"checkpoint written to {checkpoint_path}")
         if bar is not None:
             bar.close()
         average_buffers(model)
@@ -261,6 +280,9 @@ def train_run(
         state.records.append(record)
         state.epoch += 1
         state.tally = _Tally()
+        # checkpoint first, then the metrics line: metrics.jsonl never runs ahead of the checkpoint,
+        # so a run whose metrics are complete also has its final checkpoint
+        save()
         if info.is_main:
             append_record(metrics_path, record)
             if not progress or not sys.stderr.isatty():
@@ -268,8 +290,35 @@ def train_run(
                       f"batch={phase.batch_size} train_loss={record['train_loss']:.4f} "
                       f"test_acc={test_acc:.4f} updates={state.updates} ({state.wall_s:.1f} s)",
                       file=sys.stderr, flush=True)
-        save()
         yield record
+
+
+def _kept(checkpoint_path: Path) -> str:
+    """What a diverged run leaves behind, and what to do about it."""
+    fix = "lower the learning rate (--lr) and start over with --force"
+    if checkpoint_path.exists():
+        return f"the last good checkpoint {checkpoint_path} is kept; {fix}"
+    return f"no checkpoint had been written yet; {fix}"
+
+
+def _epoch_of(epoch: int, epochs: int) -> str:
+    """A 0-based epoch as users read it in the progress lines: ``1/30`` for epoch 0."""
+    return f"{epoch + 1}/{epochs}"
+
+
+def _non_finite_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
+    """The first parameter, buffer or optimizer state (momentum, Adam moments) holding inf or NaN, or None."""
+    def finite(tensor: object) -> bool:
+        return not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()) or bool(tensor.isfinite().all())
+
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if not finite(tensor):
+            return f"the weights ({name})"
+    for values in optimizer.state.values():
+        for key, tensor in values.items():
+            if not finite(tensor):
+                return f"the optimizer state ({key})"
+    return None
 
 
 def _progress_bar(enabled: bool, total: int, description: str):
