@@ -55,6 +55,7 @@ class ExperimentConfig:
     device: str = "auto"
     channels_last: bool = False
     checkpoint_every: int | None = None
+    train_size: int | None = None  # None: the whole training split; else a class-balanced subset (seed 0)
 
     def __post_init__(self) -> None:
         def one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -70,6 +71,9 @@ class ExperimentConfig:
             one_of("optimizer", name, OPTIMIZERS)
         if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs <= 0):
             raise ValueError(f"epochs should be a positive integer, but got epochs={self.epochs!r}")
+        if self.train_size is not None and (isinstance(self.train_size, bool) or not isinstance(self.train_size, int)
+                                            or self.train_size <= 0):
+            raise ValueError(f"train_size should be a positive integer, but got train_size={self.train_size!r}")
         if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"seeds should be non-negative integers, but got seeds={list(self.seeds)}")
         if len(set(self.seeds)) != len(self.seeds) or len(set(self.optimizers)) != len(self.optimizers):
@@ -188,6 +192,8 @@ def run_experiment(
     """
     out = Path(out)
     dataset = dataset or load_dataset(config.dataset, config.data_dir)
+    if config.train_size is not None:
+        dataset = dataset.subset(config.train_size)
     runs = run_configs(config, dataset.train_size)
     manifest = config.manifest()
     # NOTE [rank 0 decides]: only rank 0 takes the lock, reads and writes the output directory; the
@@ -199,9 +205,16 @@ def run_experiment(
         for run in runs:  # fail before the first run trains, and once rather than on every rank
             if run.ghost_batch_size and isinstance(run.micro_batch_size, int):
                 check_ghost_batch_size(run.ghost_batch_size, run.micro_batch_size)
-        continuing = prepare_output_dir(out, manifest, resume=resume, force=force)
-        out.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
+        if out.is_dir():
+            lock.acquire()  # first: a directory in use is refused as such, whatever it holds
+        try:
+            continuing = prepare_output_dir(out, manifest, resume=resume, force=force)
+            out.mkdir(parents=True, exist_ok=True)
+            if not lock.held:
+                lock.acquire()
+        except BaseException:
+            lock.release()
+            raise
         return continuing
 
     continuing = from_main(prepare)
