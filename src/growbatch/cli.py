@@ -225,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # for messages that repeat the command
         return args.handler(args)
     except SystemExit as stop:  # argparse: --help/--version (0) or a bad flag (2)
         if stop.code is None or isinstance(stop.code, int):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from .models import MODEL_NAMES
 from .report import build_report
 from .train import DivergenceError, Interrupted, StopFlag
 
-__all__ = ["add_run_parser", "add_report_parser", "experiment_config_from_args"]
+__all__ = ["add_run_parser", "add_report_parser", "experiment_config_from_args", "resume_command"]
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -89,6 +90,8 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="ghost batch norm size (default: the initial batch size; 0 turns ghost BN off)")
     p.add_argument("--workers", type=_positive_int, default=None,
                    help="CPU threads for training (data sets are held in memory, so no loader processes)")
+    p.add_argument("--train-size", type=_positive_int, default=None,
+                   help="train on a class-balanced subset of this many images (the test set stays whole)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="also checkpoint every K updates")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue the experiment already in --out")
@@ -113,28 +116,39 @@ def experiment_config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, max_batch_size=args.max_batch_size,
         factor=args.factor, micro_batch_size=args.micro_batch_size, ghost_batch_size=args.ghost_batch_size,
         device=args.device, channels_last=args.channels_last, checkpoint_every=args.checkpoint_every,
+        train_size=args.train_size,
     )
 
 
-def _install_stop_handlers(stop: StopFlag) -> None:
+def _install_stop_handlers(stop: StopFlag) -> dict:
+    """Turn SIGINT/SIGTERM into a stop request; returns the previous handlers, to restore them."""
     def handler(signum: int, frame: object) -> None:
         if stop.requested:  # a second Ctrl-C: stop at once
             raise KeyboardInterrupt
         stop.requested = True
         stop.signal_name = signal.Signals(signum).name
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted ``growbatch run``: --resume instead of --force."""
+    args = [arg for arg in argv if arg != "--force"]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["growbatch", *args])
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.resume and args.force:
+        raise ValueError("--resume continues the runs in --out and --force starts them over; pass one of them")
     config = experiment_config_from_args(args)
     out = Path(args.out or f"runs/{config.experiment}-{config.dataset}")
     if args.workers:
         torch.set_num_threads(args.workers)
     info = setup(args.device)
     stop = StopFlag()
-    _install_stop_handlers(stop)
+    previous_handlers = _install_stop_handlers(stop)
     in_step = False  # True where every rank ends the same way at the same point (then they leave together)
     try:
         dataset = load_dataset(config.dataset, config.data_dir, download=args.download)
@@ -148,9 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     except Interrupted as err:
         in_step = True
         if info.is_main:
-            command = " ".join(["growbatch", *sys.argv[1:]])
-            if "--resume" not in command:
-                command += " --resume"
+            command = resume_command(getattr(args, "argv", sys.argv[1:]))
             print(f"growbatch: {err}; resume with: {command}", file=sys.stderr)
         return 128 + int(getattr(signal, stop.signal_name or "SIGINT", signal.SIGINT))
     except DivergenceError as err:
@@ -165,7 +177,7 @@ def _run(args: argparse.Namespace) -> int:
             raise
         # NOTE [lost rank]: a rank died (its connections closed) or hung past the timeout; torchrun
         # stops the others. The last checkpoint is intact: rank 0 writes it whole, then renames it.
-        command = " ".join(["growbatch", *sys.argv[1:], "--resume"])
+        command = resume_command(getattr(args, "argv", sys.argv[1:]))
         detail = " ".join(str(err).split())[:200]
         print(f"growbatch: error: rank {info.rank} lost the other processes: a rank died or hung "
               f"({type(err).__name__}: {detail}); resume under the same launcher with: {command}",
@@ -177,6 +189,8 @@ def _run(args: argparse.Namespace) -> int:
         raise
     finally:
         teardown(wait=in_step)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
     return 0
 
 
