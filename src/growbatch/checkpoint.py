@@ -6,6 +6,7 @@ import io
 import os
 import random
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Raises:
-        ValueError: the file is truncated, corrupt or from another checkpoint version.
+        ValueError: the file is truncated, corrupt (a stored CRC-32 does not match), not a
+            checkpoint, or from another checkpoint version.
     """
+    # torch.load does not check the CRC-32s its zip format stores, so a flipped bit in the weights
+    # would load silently; zipfile checks them (one extra read of the file)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ValueError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: not a whole zip archive); "
+                         "delete it to start over, or use --force") from None
+    if bad_member is not None:
+        raise ValueError(f"checkpoint {path} is corrupt: {bad_member} fails its CRC-32 check; "
+                         "delete it to start over, or use --force")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
