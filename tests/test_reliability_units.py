@@ -73,6 +73,38 @@ class TestCheckpoint:
         monkeypatch.undo()
         assert load_checkpoint(path)["step"] == 1
 
+    def test_a_full_disk_leaves_the_previous_checkpoint_and_no_tmp(self, tmp_path, monkeypatch):
+        import errno
+
+        from growbatch import checkpoint
+
+        path = tmp_path / "c.pt"
+        save_checkpoint(path, {"step": 1})
+
+        class FullDisk:
+            def __init__(self, name, mode):
+                self.file = open(name, mode)
+
+            def write(self, data):
+                self.file.write(bytes(data)[:10])
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            def __getattr__(self, name):
+                return getattr(self.file, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.file.close()
+
+        monkeypatch.setattr(checkpoint, "open", FullDisk, raising=False)
+        with pytest.raises(OSError, match="No space left on device") as caught:
+            save_checkpoint(path, {"step": 2})
+        monkeypatch.undo()
+        assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "c.pt.tmp")
+        assert load_checkpoint(path)["step"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
     @pytest.mark.parametrize("content", [b"", b"garbage", None])
     def test_truncated_or_foreign_file(self, tmp_path, content):
         path = tmp_path / "c.pt"
@@ -92,6 +124,24 @@ class TestCheckpoint:
         with pytest.raises(ValueError, match=r"written with model='cnn', but this run has model='mnist-cnn'"):
             check_compatible({"model": "cnn"}, {"model": "mnist-cnn"}, tmp_path / "c.pt")
 
+    def test_incompatible_nested_setting_is_named_by_its_path(self, tmp_path):
+        first = {"lr": 0.1, "batch_size": 32}
+        saved = {"schedule": {"name": "increase", "phases": [first, {"lr": 0.1, "batch_size": 160}]}}
+        current = {"schedule": {"name": "increase", "phases": [first, {"lr": 0.1, "batch_size": 64}]}}
+        with pytest.raises(ValueError, match=r"written with schedule.phases\[1\].batch_size=160, but this run has "
+                                             r"schedule.phases\[1\].batch_size=64; use the original settings"):
+            check_compatible(saved, current, tmp_path / "c.pt")
+        check_compatible(saved, saved, tmp_path / "c.pt")
+        fewer = {"schedule": {**saved["schedule"], "phases": saved["schedule"]["phases"][:1]}}
+        with pytest.raises(ValueError, match=r"written with schedule.phases=\[\{'lr': 0.1, .*but this run has "):
+            check_compatible(saved, fewer, tmp_path / "c.pt")
+
+    def test_not_a_checkpoint(self, tmp_path):
+        path = tmp_path / "c.pt"
+        torch.save({"weights": torch.ones(2)}, path)
+        with pytest.raises(ValueError, match=r"not a growbatch checkpoint \(it holds a dict with keys \['weights'\]"):
+            load_checkpoint(path)
+
 
 class TestLock:
     def test_second_lock_is_refused(self, tmp_path):
@@ -107,6 +157,29 @@ class TestLock:
         (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
         with RunLock(tmp_path):
             assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+    def test_lock_of_a_reused_pid_is_taken_over(self, tmp_path):
+        """After a restart in a fresh container the old pid may belong to another process, even this one."""
+        import socket
+        stale = {"pid": os.getpid(), "host": socket.gethostname(), "started": "1"}
+        (tmp_path / LOCK_NAME).write_text(json.dumps(stale))
+        with RunLock(tmp_path):
+            assert json.loads((tmp_path / LOCK_NAME).read_text())["started"] != "1"
+
+    def test_lock_of_another_host_is_refused(self, tmp_path):
+        (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "5"}))
+        with pytest.raises(RuntimeError, match=r"is in use by another growbatch run \(pid 1 on elsewhere\); wait for "
+                                               r"it to finish, choose another --out, or delete .*\.growbatch\.lock if"):
+            RunLock(tmp_path).acquire()
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["host"] == "elsewhere"
+
+    @pytest.mark.parametrize("content", ["", "{", "[1, 2]", '{"pid": "12"}'])
+    def test_unreadable_lock_is_taken_over(self, tmp_path, content):
+        (tmp_path / LOCK_NAME).write_text(content)
+        with RunLock(tmp_path) as lock:
+            assert lock.held and json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 class TestOutputDir:
