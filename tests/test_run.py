@@ -186,6 +186,17 @@ def test_paper_5_2_runs_the_four_schedules(tmp_path: Path) -> None:
     assert ups[0] > ups[2] > ups[3]  # each step of §5.2 cuts the updates further
 
 
+def test_train_size_trains_on_a_subset(tmp_path: Path) -> None:
+    out = tmp_path / "subset"
+    assert main(["run", "--out", str(out), "--train-size", "400", "--epochs", "1", "--batch-size", "16",
+                 "--micro-batch-size", "64", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset_size"] == 400
+    assert {r["samples"] for r in summary["runs"]} == {400}
+    assert summary["runs"][0]["updates"] == 25  # decay: 400 / 16 per epoch
+    assert json.loads((out / "experiment.json").read_text())["train_size"] == 400
+
+
 def test_defaults_are_the_demo() -> None:
     """`growbatch run` alone: compare on digits, the small CNN with ghost BN, SGD with momentum."""
     config = ExperimentConfig()
@@ -218,6 +229,8 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     (["run", "--batch-size", "5000", "--epochs", "1"], "5000"),
     (["run", "paper-5.2", "--optimizers", "sgd"], "paper-5.2 scales the momentum"),
     (["report", "/nonexistent/run"], "/nonexistent/run"),
+    (["run", "--train-size", "5"], "train_size should be between 10 (one image per class) and 1442"),
+    (["run", "--train-size", "0"], "expected a positive integer, got 0"),
 ])
 def test_bad_flags_get_one_line_and_status_2(args: list[str], expected: str, tmp_path: Path) -> None:
     result = _cli(*args, "--out", str(tmp_path / "out")) if args[0] == "run" else _cli(*args)
