@@ -171,7 +171,7 @@ def test_sigkill_mid_epoch_and_during_checkpoint_writes_then_resume_is_identical
     out = tmp_path / "out"
     decay, hybrid = out / DECAY, out / NAMES[1]
     every = ["--checkpoint-every", "10"]
-    pause = {TEST_PAUSE_ENV: "0.3"}  # NOTE [test-pause]: each checkpoint write stops half-way for 0.3 s
+    pause = {TEST_PAUSE_ENV: "0.5"}  # NOTE [test-pause]: each checkpoint write stops half-way for 0.5 s
 
     # 1. during the second checkpoint write of epoch 0 (update 20): the one after update 10 stays
     first = _start(out, *every, env=pause)
