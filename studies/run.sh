@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run one study configuration (or all of them, in order) into runs/study/NAME.
+#   bash studies/run.sh mnist-compare        # one
+#   bash studies/run.sh all                  # the whole study (see docs/results.md for timings)
+# Re-running continues an unfinished configuration (--resume) and rebuilds its report.
+# DATA_DIR (default ../shared/data) holds mnist.npz, fashion_mnist.npz and cifar10.npz.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA_DIR=${DATA_DIR:-../shared/data}
+BIN=${BIN:-.venv/bin}
+ORDER=(mnist-compare mnist-paper-5.2 fashion-mnist-compare cifar10-compare mnist-full-reference)
+names=("$@")
+[[ ${#names[@]} -eq 0 ]] && { echo "usage: bash studies/run.sh NAME... | all (names: ${ORDER[*]})" >&2; exit 2; }
+[[ ${names[0]} == all ]] && names=("${ORDER[@]}")
+for name in "${names[@]}"; do
+    [[ -f studies/$name.args ]] || { echo "studies/run.sh: no configuration $name (names: ${ORDER[*]})" >&2; exit 2; }
+    read -r -a args < "studies/$name.args"
+    echo "== $name: growbatch run ${args[*]} --data-dir $DATA_DIR --out runs/study/$name --resume" >&2
+    start=$(date +%s)
+    "$BIN/growbatch" run "${args[@]}" --data-dir "$DATA_DIR" --out "runs/study/$name" --resume --no-progress
+    echo "== $name: $(( $(date +%s) - start )) s" >&2
+done
