@@ -41,18 +41,6 @@ def _name_list(valid: tuple[str, ...]):
     return parse
 
 
-def _micro(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"micro-batch size should be a positive integer or 'auto', got {value}")
-    return value
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -61,6 +49,16 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def _micro(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"micro-batch size should be a positive integer or 'auto', "
+                                         f"got {text!r}") from None
 
 
 def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
