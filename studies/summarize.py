@@ -1,22 +1,27 @@
 """Markdown tables for docs/results.md from the study's run directories (metrics only).
 
-    .venv/bin/python studies/summarize.py runs/study/mnist-compare [...]
+    .venv/bin/python studies/summarize.py [--figures docs/img/study] runs/study/mnist-compare [...]
 
 Per study: the report's summary (mean ± std over seeds), then each schedule against the
 reference (decay for ``compare``, original for ``paper-5.2``): the difference in mean final test
 accuracy, the largest per-epoch difference in mean test accuracy over the second half of
-training, the seeds' spread, and the ratios of updates and wall time.
+training, the seeds' spread, and the ratios of updates and wall time. ``--figures DIR`` also
+copies each study's accuracy and schedule figures to ``DIR/STUDY-FIGURE.png`` (what
+docs/results.md shows).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 from growbatch.report import aggregate, load_runs
+
+DOC_FIGURES = ("schedules.png", "test_acc_epochs.png", "test_acc_updates.png")  # the ones docs/results.md shows
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
@@ -64,12 +69,24 @@ def summarize(out: Path) -> str:
     return "\n".join(text)
 
 
+def copy_figures(out: Path, figures: Path) -> None:
+    """The report's figures that docs/results.md shows, renamed STUDY-FIGURE.png, into ``figures``."""
+    figures.mkdir(parents=True, exist_ok=True)
+    for name in DOC_FIGURES:
+        shutil.copyfile(out / name, figures / f"{out.name}-{name}")
+
+
 def main(argv: list[str]) -> int:
+    figures = None
+    if argv[:1] == ["--figures"] and len(argv) > 1:
+        figures, argv = Path(argv[1]), argv[2:]
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
     for path in argv:
         print(summarize(Path(path)))
+        if figures is not None:
+            copy_figures(Path(path), figures)
     return 0
 
 
