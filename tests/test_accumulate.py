@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from contextlib import contextmanager
 
 import pytest
@@ -436,3 +437,41 @@ def test_transform_is_used_by_the_auto_size_search():
 def test_transform_must_be_callable():
     with pytest.raises(TypeError, match="transform should be callable or None, but got int"):
         MicroBatcher(make(mlp), F.cross_entropy, micro_batch_size=4, transform=3)
+
+
+def test_state_round_trip_keeps_the_auto_sizes_without_measuring_again():
+    model = FlakyMemory(make(cnn))
+    inputs, targets = batch(256)
+    first = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
+    result = first.backward(inputs, targets, global_batch_size=256)
+    state = first.state_dict()
+    assert json.loads(json.dumps(state)) == state  # plain values: safe in a checkpoint
+    resumed = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state  # also before its first use
+    model.count = 0
+    assert resumed.backward(inputs, targets, global_batch_size=256).micro_batch_size == result.micro_batch_size
+    # one pass for this machine's memory estimate, then the update: nothing timed again
+    assert model.count == 1 + result.micro_batches
+    assert resumed.measured_throughput(inputs) == first.measured_throughput(inputs)
+
+
+def test_restored_measurements_of_another_device_type_are_measured_again():
+    model = FlakyMemory(make(cnn))
+    inputs, targets = batch(256)
+    first = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
+    result = first.backward(inputs, targets, global_batch_size=256)
+    state = first.state_dict()
+    state["searches"][0]["device"] = "cuda"
+    elsewhere = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
+    elsewhere.load_state_dict(state)
+    assert elsewhere.state_dict()["searches"] == []
+    model.count = 0
+    elsewhere.backward(inputs, targets, global_batch_size=256)
+    assert model.count > 1 + result.micro_batches  # timed here
+
+
+def test_a_state_dict_of_another_version_is_rejected():
+    micro = MicroBatcher(make(mlp), F.cross_entropy)
+    with pytest.raises(ValueError, match="state should be a MicroBatcher state_dict of version 1, but got version=None"):
+        micro.load_state_dict({})

@@ -141,3 +141,27 @@ def test_available_memory_is_positive_and_below_the_machine_total():
             if line.startswith("MemTotal:"):
                 total = int(line.split()[1]) * 1024
     assert 0 < available <= total
+
+
+def test_a_restored_search_continues_without_measuring_again():
+    first = SizeSearch(1, memory_limit=10**6)
+    first.choose(128, Curve(rate=lambda size: 100.0 * size))  # stopped by the batch: 16..128 measured
+    resumed = SizeSearch(1, memory_limit=10**6)
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.state_dict() == first.state_dict()
+    curve = Curve(rate=lambda size: 100.0 * size)
+    assert resumed.choose(128, curve) == 128 and curve.measured == []
+    assert resumed.choose(640, curve) == 640 and curve.measured == [256, 512, 640]  # goes on as first would
+
+
+def test_a_restored_search_keeps_to_this_machines_memory_limit():
+    first = SizeSearch(1, memory_limit=10**6)
+    first.choose(16_000, Curve(CPU_LIKE))  # finished after 16..256
+    smaller = SizeSearch(1, memory_limit=100)
+    smaller.load_state_dict(first.state_dict())
+    assert set(smaller.throughput) == {16, 32, 64} and not smaller.finished
+    curve = Curve(CPU_LIKE | {100: 1400})
+    assert smaller.choose(16_000, curve) == 64 and curve.measured == [100]  # only the new cap is measured
+    with pytest.raises(ValueError, match=r"a micro-batch size search with step=1 cannot continue one with "
+                                         r"step=8 \(the ghost batch size changed\)"):
+        SizeSearch(8, memory_limit=100).load_state_dict(first.state_dict())

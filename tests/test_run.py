@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from growbatch.checkpoint import load_checkpoint
 from growbatch.cli import main
 from growbatch.data import load_dataset
 from growbatch.experiments import ExperimentConfig, run_configs
@@ -80,6 +81,20 @@ def test_metrics_lines_have_every_field_and_count_exactly(tiny_run: tuple[Path, 
             assert 0.0 <= record["test_acc"] <= 1.0 and np.isfinite(record["train_loss"])
         assert [r["updates"] for r in records] == sorted(r["updates"] for r in records)
         assert [r["wall_s"] for r in records] == sorted(r["wall_s"] for r in records)
+        # --micro-batch-size 64: the largest micro-batch of an epoch is 64, or its largest batch below that
+        assert all(r["micro_batch_size"] == 64 for r in records if r["batch_size"] >= 64)
+        assert all(32 <= r["micro_batch_size"] <= 64 for r in records)
+
+
+def test_the_checkpoint_keeps_the_micro_batch_measurements(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["run", "--out", str(out), "--epochs", "1", "--batch-size", "32", "--no-progress"]) == 0
+    for path in out.glob("*/checkpoint.pt"):
+        micro = load_checkpoint(path)["micro"]
+        assert micro["version"] == 1 and micro["micro_batch_size"] == "auto"
+        [search] = micro["searches"]  # one input signature: the uint8 digits
+        assert search["shape"] == [1, 8, 8] and search["dtype"] == "uint8" and search["device"] == "cpu"
+        assert search["search"]["throughput"]  # sizes timed during the run, restored by --resume
 
 
 def test_updates_equal_the_planners_count(tiny_run: tuple[Path, str]) -> None:

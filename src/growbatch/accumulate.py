@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ __all__ = ["MicroBatcher", "StepResult"]
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+STATE_VERSION = 1  # of MicroBatcher.state_dict()
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class MicroBatcher:
         if self.ghost_batch_size is not None and micro_batch_size != "auto":
             check_ghost_batch_size(self.ghost_batch_size, micro_batch_size)
         self._searches: dict[tuple, SizeSearch] = {}
+        self._restored: dict[tuple, dict] = {}  # searches from load_state_dict, not used yet
         self._synchronising = False  # True during a DDP model's last (all-reducing) micro-batch
 
     def backward(self, inputs: torch.Tensor, targets: torch.Tensor, *, global_batch_size: int,
@@ -147,6 +150,32 @@ class MicroBatcher:
             # outside the except block: the traceback, and the tensors its frames held, are gone
             self._restart(buffers)
             size = smaller
+
+    def state_dict(self) -> dict[str, Any]:
+        """The "auto" measurements per input signature, so a resumed run keeps the sizes chosen so far.
+
+        NOTE [auto-resume]: with ``"auto"`` the size is timed, and a different size changes the
+        float rounding of the accumulated gradient; restoring the measurements makes a resume pick
+        the same sizes as the run it continues, for every batch size measured before the checkpoint.
+        """
+        pending = {key: search.state_dict() for key, search in self._searches.items()} | self._restored
+        searches = [{"shape": list(shape), "dtype": str(dtype).removeprefix("torch."), "device": device.type,
+                     "autocast_dtype": None if autocast is None else str(autocast).removeprefix("torch."),
+                     "search": search} for (shape, dtype, device, autocast), search in pending.items()]
+        return {"version": STATE_VERSION, "micro_batch_size": self.micro_batch_size, "searches": searches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; measurements from another device type or autocast dtype are dropped."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"state should be a MicroBatcher state_dict of version {STATE_VERSION}, but got "
+                             f"version={state.get('version') if isinstance(state, dict) else type(state).__name__!r}")
+        self._searches, self._restored = {}, {}
+        for entry in state["searches"]:
+            autocast = None if entry["autocast_dtype"] is None else getattr(torch, entry["autocast_dtype"])
+            if entry["device"] != self.device.type or autocast != self.autocast_dtype:
+                continue  # timed on other hardware or precision: measure again here
+            key = (tuple(entry["shape"]), getattr(torch, entry["dtype"]), self.device, autocast)
+            self._restored[key] = entry["search"]  # merged at first use, under this machine's memory limit
 
     def measured_throughput(self, inputs: torch.Tensor) -> dict[int, float]:
         """Samples/s measured so far per micro-batch size, for inputs shaped like ``inputs`` ("auto" only)."""
@@ -203,6 +232,8 @@ class MicroBatcher:
         key = _signature(inputs, self)
         if key not in self._searches:
             self._searches[key] = self._new_search(inputs, targets)
+            if key in self._restored:
+                self._searches[key].load_state_dict(self._restored.pop(key))
         return self._searches[key].choose(len(inputs), lambda size: self._measure(inputs, targets, size))
 
     def _new_search(self, inputs: torch.Tensor, targets: torch.Tensor) -> SizeSearch:

@@ -13,7 +13,7 @@ __all__ = ["METRIC_KEYS", "append_record", "read_records", "write_records"]
 
 METRIC_KEYS = (
     "epoch", "updates", "samples", "wall_s", "lr", "batch_size", "momentum",
-    "train_loss", "train_acc", "test_loss", "test_acc", "allreduces", "allreduce_s",
+    "train_loss", "train_acc", "test_loss", "test_acc", "allreduces", "allreduce_s", "micro_batch_size",
 )
 
 

@@ -151,6 +151,27 @@ class SizeSearch:
         self.finished = False  # stopped for a reason other than the local batch size
         self._not_faster = 0
 
+    def state_dict(self) -> dict:
+        """The measurements and where the search stopped (not the memory estimate, kept for reports only)."""
+        return {"step": self.step, "memory_limit": self.memory_limit, "finished": self.finished,
+                "not_faster": self._not_faster, "throughput": [[size, rate] for size, rate in self.throughput.items()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where the search that wrote ``state`` stopped.
+
+        The memory limit is the smaller of this search's (this machine's memory) and the saved one
+        (lowered by an out-of-memory error there); measurements above it are dropped, and a search
+        that stopped under a larger limit than this machine's goes on.
+        """
+        if int(state["step"]) != self.step:
+            raise ValueError(f"a micro-batch size search with step={state['step']} cannot continue one with "
+                             f"step={self.step} (the ghost batch size changed)")
+        saved_limit = int(state["memory_limit"])
+        self.memory_limit = min(self.memory_limit, saved_limit)
+        self.throughput = {int(size): float(rate) for size, rate in state["throughput"] if size <= self.memory_limit}
+        self._not_faster = int(state["not_faster"])
+        self.finished = bool(state["finished"]) and saved_limit <= self.memory_limit
+
     def choose(self, local_batch_size: int, measure: Callable[[int], float | None]) -> int:
         """The micro-batch size for a local batch; ``measure(size)`` returns samples/s, None when out of memory."""
         cap = min(local_batch_size, self.memory_limit)

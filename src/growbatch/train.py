@@ -59,6 +59,7 @@ class _Tally:
     loss_sum: float = 0.0
     correct: int = 0
     samples: int = 0
+    micro_batch_size: int = 0  # the largest micro-batch of the epoch (this rank)
 
 
 @dataclass
@@ -180,6 +181,8 @@ def train_run(
             c = saved["counters"]
             state = _State(c["epoch"], c["updates"], c["samples"], c["wall_s"], _Tally(**saved["tally"]),
                            list(saved["records"]))
+            if "micro" in saved:  # older checkpoints hold no micro-batch measurements
+                micro.load_state_dict(saved["micro"])
             restore_rng(saved["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             # a checkpoint whose settings match but whose contents do not (edited, or another version's)
@@ -209,11 +212,11 @@ def train_run(
         save_checkpoint(checkpoint_path, {
             "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "loader": loader.state_dict(), "rng": capture_rng(),
-            "allreduce": stats.state_dict(), "records": state.records,
+            "allreduce": stats.state_dict(), "micro": micro.state_dict(), "records": state.records,
             "counters": {"epoch": state.epoch, "updates": state.updates, "samples": state.samples,
                          "wall_s": state.wall_s},
             "tally": {"loss_sum": state.tally.loss_sum, "correct": state.tally.correct,
-                      "samples": state.tally.samples},
+                      "samples": state.tally.samples, "micro_batch_size": state.tally.micro_batch_size},
         })
 
     def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -247,6 +250,7 @@ def train_run(
             state.tally.loss_sum += result.loss_sum
             state.tally.correct += result.correct
             state.tally.samples += result.samples
+            state.tally.micro_batch_size = max(state.tally.micro_batch_size, result.micro_batch_size)
             if bar is not None:
                 bar.update(1)
             requested = stop.requested
@@ -276,6 +280,7 @@ def train_run(
             "train_loss": loss_total / max(count_total, 1), "train_acc": correct_total / max(count_total, 1),
             "test_loss": test_loss, "test_acc": test_acc,
             "allreduces": stats.count, "allreduce_s": round(stats.seconds, 6),
+            "micro_batch_size": state.tally.micro_batch_size,
         }
         state.records.append(record)
         state.epoch += 1
