@@ -439,12 +439,18 @@ def test_transform_must_be_callable():
         MicroBatcher(make(mlp), F.cross_entropy, micro_batch_size=4, transform=3)
 
 
-def test_state_round_trip_keeps_the_auto_sizes_without_measuring_again():
+def _timed_auto_batcher() -> tuple[FlakyMemory, torch.Tensor, torch.Tensor, StepResult, dict]:
+    """An "auto" MicroBatcher after one update of 256 (sizes timed), with its state_dict."""
     model = FlakyMemory(make(cnn))
     inputs, targets = batch(256)
     first = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
     result = first.backward(inputs, targets, global_batch_size=256)
-    state = first.state_dict()
+    assert first.measured_throughput(inputs)
+    return model, inputs, targets, result, first.state_dict()
+
+
+def test_state_round_trip_keeps_the_auto_sizes_without_measuring_again():
+    model, inputs, targets, result, state = _timed_auto_batcher()
     assert json.loads(json.dumps(state)) == state  # plain values: safe in a checkpoint
     resumed = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
     resumed.load_state_dict(state)
@@ -453,15 +459,11 @@ def test_state_round_trip_keeps_the_auto_sizes_without_measuring_again():
     assert resumed.backward(inputs, targets, global_batch_size=256).micro_batch_size == result.micro_batch_size
     # one pass for this machine's memory estimate, then the update: nothing timed again
     assert model.count == 1 + result.micro_batches
-    assert resumed.measured_throughput(inputs) == first.measured_throughput(inputs)
+    assert resumed.state_dict() == state
 
 
 def test_restored_measurements_of_another_device_type_are_measured_again():
-    model = FlakyMemory(make(cnn))
-    inputs, targets = batch(256)
-    first = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
-    result = first.backward(inputs, targets, global_batch_size=256)
-    state = first.state_dict()
+    model, inputs, targets, result, state = _timed_auto_batcher()
     state["searches"][0]["device"] = "cuda"
     elsewhere = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
     elsewhere.load_state_dict(state)
