@@ -98,6 +98,18 @@ def test_crop_is_a_window_of_the_zero_padded_image(flip):
     assert (flipped_only > 5) == flip
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_crops_without_the_window_table_are_the_same(flip, monkeypatch):
+    # large images or padding skip the precomputed table (NOTE [windows]); the pixels must not change
+    inputs, targets = make_data(40, height=7, width=6)
+    with_table = TensorLoader(inputs, targets, 16, crop_padding=2, flip=flip, seed=3, normalize_batches=False)
+    monkeypatch.setattr(growbatch.loader, "WINDOW_TABLE_BYTES", 0)
+    without = TensorLoader(inputs, targets, 16, crop_padding=2, flip=flip, seed=3, normalize_batches=False)
+    assert with_table._windows is not None and without._windows is None
+    for (a, _), (b, _) in zip(with_table, without, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_augmentation_is_the_same_on_any_number_of_ranks():
     inputs, targets = make_data(50)
     arguments = dict(crop_padding=2, flip=True, seed=4, mean=[0.5] * 3, std=[0.25] * 3)

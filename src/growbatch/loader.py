@@ -19,6 +19,7 @@ from .schedule import Schedule
 __all__ = ["TensorLoader"]
 
 _AUGMENT_SALT = 0x41756721  # keeps augmentation seeds apart from permutation seeds
+WINDOW_TABLE_BYTES = 64 * 2**20  # largest table of crop windows kept (NOTE [windows])
 
 
 def _channel_vector(name: str, values: Sequence[float] | torch.Tensor | None, channels: int,
@@ -122,15 +123,18 @@ class TensorLoader:
         self._shift = (-mean_vector / std_vector).view(-1, 1, 1).to(self.device)
         # NOTE [windows]: every crop window, unflipped and flipped, as flat offsets into the padded
         # image: 2 (2p+1)^2 rows of H*W int64 (1.3 MB for CIFAR with p = 4). Picking a batch's rows
-        # from this table is the whole index computation, a third of the augmentation time at batch 3,200.
+        # from this table is the whole index computation, a third of the augmentation time at batch
+        # 3,200. Past WINDOW_TABLE_BYTES (large images or padding) each batch adds its corners instead.
         height, width, positions = inputs.shape[2], inputs.shape[3], 2 * self.crop_padding + 1
         padded_width = width + 2 * self.crop_padding
         rows = torch.arange(height, device=self.device)[:, None] * padded_width
         columns = torch.arange(width, device=self.device)
-        grids = torch.stack([(rows + columns).flatten(), (rows + columns.flip(0)).flatten()])  # read -> or <-
+        self._grids = torch.stack([(rows + columns).flatten(), (rows + columns.flip(0)).flatten()])  # -> or <-
         corners = torch.arange(positions, device=self.device)
-        corners = (corners[:, None] * padded_width + corners).flatten()  # top-left pixel, by (top, left)
-        self._windows = (grids[:, None, :] + corners[None, :, None]).reshape(2 * positions ** 2, height * width)
+        self._corners = (corners[:, None] * padded_width + corners).flatten()  # top-left pixel, by (top, left)
+        self._windows = None
+        if 2 * positions ** 2 * height * width * 8 <= WINDOW_TABLE_BYTES:
+            self._windows = (self._grids[:, None, :] + self._corners[None, :, None]).flatten(0, 1)
 
     # -- the sampler's clock and state ---------------------------------------------
     @property
@@ -199,7 +203,12 @@ class TensorLoader:
         window = offsets[0, share] * positions + offsets[1, share]  # row of the table (NOTE [windows])
         if self.flip:  # the second half of the table reads right to left
             window += flips[share].long() * positions ** 2
-        pixels = self._windows.index_select(0, window.to(self.device))
+        window = window.to(self.device)
+        if self._windows is not None:
+            pixels = self._windows.index_select(0, window)
+        else:  # window // positions**2 is the flip, the rest the corner
+            pixels = self._grids.index_select(0, window // positions ** 2) \
+                + self._corners.index_select(0, window % positions ** 2)[:, None]
         pixels = pixels.view(size, 1, height * width).expand(size, channels, height * width)
         padded = F.pad(batch, (pad, pad, pad, pad)) if pad else batch
         flat = padded.reshape(size, channels, (height + 2 * pad) * (width + 2 * pad))
