@@ -89,7 +89,9 @@ def test_metrics_lines_have_every_field_and_count_exactly(tiny_run: tuple[Path, 
 def test_the_checkpoint_keeps_the_micro_batch_measurements(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(["run", "--out", str(out), "--epochs", "1", "--batch-size", "32", "--no-progress"]) == 0
-    for path in out.glob("*/checkpoint.pt"):
+    checkpoints = sorted(out.glob("*/checkpoint.pt"))
+    assert len(checkpoints) == 3  # decay, hybrid, increase
+    for path in checkpoints:
         micro = load_checkpoint(path)["micro"]
         assert micro["version"] == 1 and micro["micro_batch_size"] == "auto"
         [search] = micro["searches"]  # one input signature: the uint8 digits

@@ -200,15 +200,12 @@ class TensorLoader:
         flips = torch.randint(0, 2, (global_batch_size,), generator=generator, dtype=torch.bool)
         share = slice(share_start, share_start + size)
         positions = 2 * pad + 1
-        window = offsets[0, share] * positions + offsets[1, share]  # row of the table (NOTE [windows])
-        if self.flip:  # the second half of the table reads right to left
-            window += flips[share].long() * positions ** 2
-        window = window.to(self.device)
-        if self._windows is not None:
-            pixels = self._windows.index_select(0, window)
-        else:  # window // positions**2 is the flip, the rest the corner
-            pixels = self._grids.index_select(0, window // positions ** 2) \
-                + self._corners.index_select(0, window % positions ** 2)[:, None]
+        corner = (offsets[0, share] * positions + offsets[1, share]).to(self.device)  # (top, left) -> index
+        flipped = flips[share].to(self.device, torch.long) if self.flip else torch.zeros_like(corner)
+        if self._windows is not None:  # NOTE [windows]: rows of the flipped windows follow the unflipped
+            pixels = self._windows.index_select(0, flipped * positions ** 2 + corner)
+        else:
+            pixels = self._grids.index_select(0, flipped) + self._corners.index_select(0, corner)[:, None]
         pixels = pixels.view(size, 1, height * width).expand(size, channels, height * width)
         padded = F.pad(batch, (pad, pad, pad, pad)) if pad else batch
         flat = padded.reshape(size, channels, (height + 2 * pad) * (width + 2 * pad))
