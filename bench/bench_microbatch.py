@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from bench_loader import cpu_model
 from growbatch import MicroBatcher
-from growbatch.microbatch_size import available_memory_bytes, estimate_training_memory
+from growbatch.batching.microbatch_size import available_memory_bytes, estimate_training_memory
 from growbatch.models import build_model
 
 LOGICAL = (128, 640, 3200, 16_000)

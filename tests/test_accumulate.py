@@ -1,4 +1,4 @@
-"""growbatch.accumulate: micro-batched gradients vs one big batch, rank weights, no_sync, auto size, OOM retry."""
+"""growbatch.batching.microbatch: micro-batched gradients vs one big batch, rank weights, no_sync, auto size, OOM retry."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from growbatch.accumulate import MicroBatcher, StepResult
-from growbatch.ghost_bn import GhostBatchNorm2d
-from growbatch.microbatch_size import estimate_training_memory
+from growbatch.batching.microbatch import MicroBatcher, StepResult
+from growbatch.batching.ghost_bn import GhostBatchNorm2d
+from growbatch.batching.microbatch_size import estimate_training_memory
 
 
 def mlp() -> nn.Module:

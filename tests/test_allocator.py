@@ -1,4 +1,4 @@
-"""growbatch.allocator: freed large blocks stay in the process (checked through RSS, in fresh processes)."""
+"""growbatch.batching.allocator: freed large blocks stay in the process (checked through RSS, in fresh processes)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 CHILD = """
 import sys, torch
-from growbatch.allocator import keep_freed_memory
+from growbatch.batching.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "tune" else False
 
 def rss_mb():
@@ -47,7 +47,7 @@ def test_the_environment_switch_and_users_own_settings_win() -> None:
 
 
 def test_a_tensor_loader_on_the_cpu_turns_it_on() -> None:
-    code = ("import torch, growbatch.allocator as a; from growbatch import TensorLoader;"
+    code = ("import torch, growbatch.batching.allocator as a; from growbatch import TensorLoader;"
             "TensorLoader(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2);"
             "print(a._applied)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from growbatch.builders import (
+from growbatch.schedule.builders import (
     cosine_lr,
     default_max_batch_size,
     from_lr_function,
@@ -14,7 +14,7 @@ from growbatch.builders import (
     step_schedule,
     warmup_stable_decay_lr,
 )
-from growbatch.noise import noise_scale, noise_scale_approx
+from growbatch.schedule.noise import noise_scale, noise_scale_approx
 
 N = 50_000
 CIFAR = dict(lr=0.1, batch_size=128, epochs=200, milestones=(60, 120, 160), factor=5, dataset_size=N, momentum=0.9)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from growbatch.builders import step_schedule
+from growbatch.schedule.builders import step_schedule
 from growbatch.cli import build_parser, main
-from growbatch.planner import convert_lr_schedule, format_table
-from growbatch.presets import get_preset, preset_names
+from growbatch.schedule.planner import convert_lr_schedule, format_table
+from growbatch.schedule.presets import get_preset, preset_names
 
 CUSTOM = ["--lr", "0.1", "--batch-size", "128", "--epochs", "200", "--dataset-size", "50000"]
 

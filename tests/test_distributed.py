@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import growbatch.distributed
-from growbatch.distributed import TIMEOUT_ENV, from_main, setup, unaligned_batch_sizes
+import growbatch.training.distributed
+from growbatch.training.distributed import TIMEOUT_ENV, from_main, setup, unaligned_batch_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -175,7 +175,7 @@ def test_unaligned_batch_sizes(sizes: list[int], ghost: int, world: int, expecte
 
 
 def test_distributed_doctests() -> None:
-    assert doctest.testmod(growbatch.distributed).failed == 0
+    assert doctest.testmod(growbatch.training.distributed).failed == 0
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "soon"])

@@ -1,4 +1,4 @@
-"""growbatch.ghost_bn: ghost batch norm against nn.BatchNorm per ghost, running statistics, the converter, errors."""
+"""growbatch.batching.ghost_bn: ghost batch norm against nn.BatchNorm per ghost, running statistics, the converter, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from growbatch.ghost_bn import (
+from growbatch.batching.ghost_bn import (
     GhostBatchNorm1d,
     GhostBatchNorm2d,
     check_ghost_batch_size,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import growbatch.loader
+import growbatch.batching.loader
 from growbatch import DynamicBatchSampler, Phase, Schedule, TensorLoader
 
 WORLD_SIZES = [1, 2, 3, 8]
@@ -103,7 +103,7 @@ def test_crops_without_the_window_table_are_the_same(flip, monkeypatch):
     # large images or padding skip the precomputed table (NOTE [windows]); the pixels must not change
     inputs, targets = make_data(40, height=7, width=6)
     with_table = TensorLoader(inputs, targets, 16, crop_padding=2, flip=flip, seed=3, normalize_batches=False)
-    monkeypatch.setattr(growbatch.loader, "WINDOW_TABLE_BYTES", 0)
+    monkeypatch.setattr(growbatch.batching.loader, "WINDOW_TABLE_BYTES", 0)
     without = TensorLoader(inputs, targets, 16, crop_padding=2, flip=flip, seed=3, normalize_batches=False)
     assert with_table._windows is not None and without._windows is None
     for (a, _), (b, _) in zip(with_table, without, strict=True):
@@ -208,7 +208,7 @@ def test_state_from_another_data_set():
 
 
 def test_docstring_examples():
-    assert doctest.testmod(growbatch.loader).failed == 0
+    assert doctest.testmod(growbatch.batching.loader).failed == 0
 
 
 @pytest.mark.parametrize("augment", [False, True])

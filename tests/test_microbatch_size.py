@@ -1,4 +1,4 @@
-"""growbatch.microbatch_size: the search over candidate sizes on synthetic throughput curves, the memory estimate."""
+"""growbatch.batching.microbatch_size: the search over candidate sizes on synthetic throughput curves, the memory estimate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from growbatch.microbatch_size import (
+from growbatch.batching.microbatch_size import (
     STATE_COPIES,
     MemoryEstimate,
     SizeSearch,

@@ -144,7 +144,7 @@ def test_small_cnn_learns_the_digits():
 
 @pytest.mark.parametrize("name, in_channels, image_size, parameters", MODELS)
 def test_ghost_batch_norm_replaces_every_batch_norm(name, in_channels, image_size, parameters):
-    pytest.importorskip("growbatch.ghost_bn")
+    pytest.importorskip("growbatch.batching.ghost_bn")
     torch.manual_seed(0)
     plain = build_model(name, in_channels=in_channels, num_classes=10, image_size=image_size)
     torch.manual_seed(0)

@@ -4,19 +4,16 @@ import math
 
 import pytest
 
-from growbatch.noise import (
+from growbatch.checks import check_batch_size, check_dataset_size, check_lr, check_momentum
+from growbatch.schedule.noise import (
     batch_size_for_momentum,
     batch_size_for_noise_ratio,
-    check_batch_size,
-    check_dataset_size,
-    check_lr,
-    check_momentum,
     effective_lr,
     lr_for_batch_size,
     noise_scale,
     noise_scale_approx,
 )
-from growbatch.planner import noise_report
+from growbatch.schedule.planner import noise_report
 
 
 # -- formulas against values worked out by hand ----------------------------------------

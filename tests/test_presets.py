@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from growbatch.presets import PRESETS, get_preset, preset_names
+from growbatch.schedule.presets import PRESETS, get_preset, preset_names
 
 CIFAR = 50_000
 IMAGENET = 1_281_167

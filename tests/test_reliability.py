@@ -28,14 +28,14 @@ import numpy as np
 import pytest
 import torch
 
-from growbatch.checkpoint import TEST_PAUSE_ENV
+from growbatch.training.checkpoint import TEST_PAUSE_ENV
 from growbatch.cli import main
 from growbatch.data import load_dataset
-from growbatch.distributed import DistInfo
-from growbatch.experiments import ExperimentConfig, run_configs
-from growbatch.metrics import read_records
-from growbatch.rundir import LOCK_NAME
-from growbatch.train import Interrupted, StopFlag, train_run
+from growbatch.training.distributed import DistInfo
+from growbatch.training.experiments import ExperimentConfig, run_configs
+from growbatch.training.metrics import read_records
+from growbatch.training.rundir import LOCK_NAME
+from growbatch.training.trainer import Interrupted, StopFlag, train_run
 
 # the same tiny experiment everywhere: compare on digits, 2 epochs, fixed micro-batches
 RUN = ["run", "--epochs", "2", "--batch-size", "32", "--micro-batch-size", "64", "--no-progress"]
@@ -324,7 +324,7 @@ def test_a_live_lock_refuses_even_force_and_a_dead_holders_lock_is_taken_over(
     shutil.copytree(reference, out)
     before = _snapshot(out)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from growbatch.rundir import RunLock; "
+        [sys.executable, "-c", "import sys, time; from growbatch.training.rundir import RunLock; "
                                "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(300)", str(out)],
         stdout=subprocess.PIPE, text=True)
     try:

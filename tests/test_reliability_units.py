@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from growbatch.checkpoint import capture_rng, check_compatible, load_checkpoint, restore_rng, save_checkpoint
-from growbatch.metrics import append_record, read_records, write_records
-from growbatch.rundir import LOCK_NAME, RunLock, prepare_output_dir
+from growbatch.training.checkpoint import capture_rng, check_compatible, load_checkpoint, restore_rng, save_checkpoint
+from growbatch.training.metrics import append_record, read_records, write_records
+from growbatch.training.rundir import LOCK_NAME, RunLock, prepare_output_dir
 
 
 class TestMetrics:

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from growbatch.checkpoint import load_checkpoint
+from growbatch.training.checkpoint import load_checkpoint
 from growbatch.cli import main
 from growbatch.data import load_dataset
-from growbatch.experiments import ExperimentConfig, run_configs
-from growbatch.metrics import METRIC_KEYS
+from growbatch.training.experiments import ExperimentConfig, run_configs
+from growbatch.training.metrics import METRIC_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "3", "--batch-size", "32", "--micro-batch-size", "64", "--no-progress"]

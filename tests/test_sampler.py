@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import growbatch.sampler
+import growbatch.batching.sampler
 from growbatch import DynamicBatchSampler, Phase, Schedule, step_schedule
-from growbatch.sampler import SAMPLER_VERSION, rank_share
+from growbatch.batching.sampler import SAMPLER_VERSION, rank_share
 
 SIZES = [1, 10, 257]
 KINDS = ["constant", "steps", "capped"]
@@ -317,4 +317,4 @@ def test_set_epoch_rejects_a_negative_epoch():
 
 
 def test_docstring_examples():
-    assert doctest.testmod(growbatch.sampler).failed == 0
+    assert doctest.testmod(growbatch.batching.sampler).failed == 0

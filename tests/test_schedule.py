@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from growbatch.schedule import SCHEDULE_VERSION, Phase, Schedule
+from growbatch.schedule.schedule import SCHEDULE_VERSION, Phase, Schedule
 
 
 def two_phase(drop_last: bool = False) -> Schedule:

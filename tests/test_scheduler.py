@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import growbatch.scheduler
+import growbatch.batching.scheduler
 from growbatch import BatchSizeScheduler, DynamicBatchSampler, Phase, Schedule, TensorLoader, step_schedule
-from growbatch.scheduler import SCHEDULER_VERSION
+from growbatch.batching.scheduler import SCHEDULER_VERSION
 
 
 def mid_epoch_schedule(drop_last: bool = False) -> Schedule:
@@ -232,4 +232,4 @@ def test_a_constant_batch_sampler_with_an_lr_decay_schedule():
 
 
 def test_docstring_examples():
-    assert doctest.testmod(growbatch.scheduler).failed == 0
+    assert doctest.testmod(growbatch.batching.scheduler).failed == 0

@@ -1,7 +1,17 @@
 """growbatch: train by increasing the batch size instead of decaying the learning rate."""
 
-from .accumulate import MicroBatcher, StepResult
-from .builders import (
+__version__ = "0.1.0"  # first: modules below import it
+
+from .batching.ghost_bn import (
+    GhostBatchNorm1d,
+    GhostBatchNorm2d,
+    convert_to_ghost_batch_norm,
+)
+from .batching.loader import TensorLoader
+from .batching.microbatch import MicroBatcher, StepResult
+from .batching.sampler import DynamicBatchSampler
+from .batching.scheduler import BatchSizeScheduler
+from .schedule.builders import (
     Conversion,
     cosine_lr,
     from_lr_function,
@@ -10,9 +20,7 @@ from .builders import (
     step_schedule,
     warmup_stable_decay_lr,
 )
-from .ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d, convert_to_ghost_batch_norm
-from .loader import TensorLoader
-from .noise import (
+from .schedule.noise import (
     batch_size_for_momentum,
     batch_size_for_noise_ratio,
     effective_lr,
@@ -20,9 +28,6 @@ from .noise import (
     noise_scale,
     noise_scale_approx,
 )
-from .presets import PRESETS, get_preset
-from .sampler import DynamicBatchSampler
-from .schedule import Phase, Plan, Schedule
-from .scheduler import BatchSizeScheduler
+from .schedule.presets import PRESETS, get_preset
+from .schedule.schedule import Phase, Plan, Schedule
 
-__version__ = "0.1.0"

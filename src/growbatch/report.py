@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from .metrics import read_records  # noqa: E402
+from .training.metrics import read_records  # noqa: E402
 
 __all__ = ["build_report", "load_runs", "aggregate"]
 

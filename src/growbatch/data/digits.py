@@ -43,7 +43,9 @@ def split_indices(labels: np.ndarray, seed: int = SPLIT_SEED) -> tuple[np.ndarra
 
 def load() -> ImageDataset:
     """The digits as an :class:`ImageDataset` (1 x 8 x 8, uint8), mean/std computed on the training split."""
-    from sklearn.datasets import load_digits  # imported here: scikit-learn takes a second to import
+    from sklearn.datasets import (
+        load_digits,  # imported here: scikit-learn takes a second to import
+    )
 
     digits = load_digits()
     images = to_uint8(digits.images)

@@ -10,14 +10,14 @@ import hashlib
 import http.client
 import os
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
+from ..atomic import write_atomically
 from .dataset import DataError
 
 __all__ = ["MIRROR_ENV", "extract_members", "fetch", "file_md5", "resolve_base_url"]
@@ -40,19 +40,6 @@ def file_md5(path: Path) -> str:
         while chunk := file.read(_CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_atomically(destination: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Run ``write`` on a temporary file next to ``destination``; rename it there only if ``write`` returns."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temporary, destination)
-    finally:
-        if os.path.exists(temporary):  # the write failed: never leave a partial file behind
-            os.unlink(temporary)
 
 
 def fetch(url: str, destination: Path, md5: str) -> Path:
@@ -85,7 +72,8 @@ def fetch(url: str, destination: Path, md5: str) -> Path:
                             f"file: try again, or set base_url / ${MIRROR_ENV} to another mirror")
 
     try:
-        _write_atomically(destination, download)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(destination, download)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         reason = getattr(error, "reason", None) or error
         raise DataError(f"could not download {url} ({reason}); check the network, set base_url / ${MIRROR_ENV} "
@@ -113,8 +101,9 @@ def extract_members(archive: Path, members: Mapping[str, Path]) -> None:
                 source = tar.extractfile(member) if member.isfile() else None
                 if source is None:
                     raise DataError(f"{name} in {archive} is not a regular file; the archive is not the expected one")
+                destination.parent.mkdir(parents=True, exist_ok=True)
                 with source:
-                    _write_atomically(destination, lambda file, source=source: _copy(source, file))
+                    write_atomically(destination, lambda file, source=source: _copy(source, file))
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         raise DataError(f"{archive} is corrupt or truncated: the tar/gzip format check failed ({error}); "
                         f"delete it and download again") from error

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .arguments import check_positive_int
+from ..checks import check_positive_int
 from .cnn import DigitsCNN
 from .mnist_cnn import MnistCNN
 from .resnet import ResNet18
@@ -69,7 +69,7 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
         model = ResNet18(num_classes, in_channels, image_size)
     if ghost_batch_size is not None:
         # imported here: ghost batch norm is optional for building models and lives in its own module
-        from ..ghost_bn import convert_to_ghost_batch_norm
+        from ..batching.ghost_bn import convert_to_ghost_batch_norm
 
         model = convert_to_ghost_batch_norm(model, ghost_batch_size)
     return model

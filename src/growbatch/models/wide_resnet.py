@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .arguments import check_positive_int
+from ..checks import check_positive_int
 
 __all__ = ["WideResNet"]
 

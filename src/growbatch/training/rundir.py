@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["LockError", "RunLock", "LOCK_NAME", "prepare_output_dir", "write_json_atomic"]
+__all__ = ["LockError", "RunLock", "LOCK_NAME", "prepare_output_dir"]
 
 LOCK_NAME = ".growbatch.lock"
 MANIFEST_NAME = "experiment.json"
@@ -16,17 +16,6 @@ MANIFEST_NAME = "experiment.json"
 
 class LockError(RuntimeError):
     """The output directory is in use by another growbatch process."""
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    tmp = Path(f"{path}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _process_start(pid: int) -> str | None:

@@ -1,4 +1,4 @@
-"""The ``growbatch run`` and ``growbatch report`` subcommands: flags -> ExperimentConfig -> runs -> report."""
+"""``growbatch run``: flags -> ExperimentConfig -> runs -> report."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from pathlib import Path
 
 import torch
 
-from .config import OPTIMIZERS
-from .data import DATASET_NAMES, load_dataset
-from .distributed import setup, teardown
-from .experiments import EXPERIMENTS, ExperimentConfig, run_experiment
-from .models import MODEL_NAMES
-from .report import build_report
-from .train import DivergenceError, Interrupted, StopFlag
+from ..data import DATASET_NAMES, load_dataset
+from ..models import MODEL_NAMES
+from ..report import build_report
+from ..training.distributed import setup, teardown
+from ..training.experiments import EXPERIMENTS, ExperimentConfig, run_experiment
+from ..training.settings import OPTIMIZERS
+from ..training.trainer import DivergenceError, Interrupted, StopFlag
 
-__all__ = ["add_run_parser", "add_report_parser", "experiment_config_from_args", "resume_command"]
+__all__ = ["add_run_parser", "experiment_config_from_args", "resume_command"]
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -96,12 +96,6 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="start over in an --out that holds results")
     p.add_argument("--no-progress", action="store_true", help="plain lines instead of progress bars")
     p.set_defaults(handler=_run)
-
-
-def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("report", help="rebuild the report of a run directory from its metrics")
-    p.add_argument("run_dir", help="the --out directory of a growbatch run")
-    p.set_defaults(handler=_report)
 
 
 def experiment_config_from_args(args: argparse.Namespace) -> ExperimentConfig:
@@ -197,9 +191,3 @@ def _is_collective_failure(err: RuntimeError) -> bool:
     text = str(err)
     return isinstance(err, torch.distributed.DistError) or any(
         mark in text for mark in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out"))
-
-
-def _report(args: argparse.Namespace) -> int:
-    print(build_report(Path(args.run_dir)))
-    return 0
-

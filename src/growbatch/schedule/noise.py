@@ -6,7 +6,12 @@ is approximately eps*N / (B*(1-m)). Every function here is pure.
 
 from __future__ import annotations
 
-import math
+from ..checks import (
+    check_dataset_size,
+    check_lr,
+    check_momentum,
+    check_number,
+)
 
 __all__ = [
     "effective_lr",
@@ -15,58 +20,22 @@ __all__ = [
     "batch_size_for_noise_ratio",
     "lr_for_batch_size",
     "batch_size_for_momentum",
-    "check_lr",
-    "check_batch_size",
-    "check_momentum",
-    "check_dataset_size",
 ]
 
 
-def _check_number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} should be a number, but got {name}={value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} should be a finite number, but got {name}={value}")
-    return value
 
 
-def check_lr(lr: float, name: str = "lr") -> float:
-    """Return ``lr`` as a float, or raise if it is not a positive finite number."""
-    lr = _check_number(name, lr)
-    if lr <= 0:
-        raise ValueError(f"{name} should be a positive number, but got {name}={lr:g}")
-    return lr
 
 
-def check_momentum(momentum: float, name: str = "momentum") -> float:
-    """Return ``momentum`` as a float, or raise if it is outside [0, 1)."""
-    momentum = _check_number(name, momentum)
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"{name} should be in [0, 1), but got {name}={momentum:g}")
-    return momentum
 
 
-def check_dataset_size(dataset_size: int, name: str = "dataset_size") -> int:
-    """Return ``dataset_size``, or raise if it is not a positive integer."""
-    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int):
-        raise TypeError(f"{name} should be a positive integer value, but got {name}={dataset_size!r}")
-    if dataset_size <= 0:
-        raise ValueError(f"{name} should be a positive integer value, but got {name}={dataset_size}")
-    return dataset_size
 
 
-def check_batch_size(batch_size: int, dataset_size: int | None = None, name: str = "batch_size") -> int:
-    """Return ``batch_size``, or raise if it is not a positive integer no larger than the data set."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise TypeError(f"{name} should be a positive integer value, but got {name}={batch_size!r}")
-    if batch_size <= 0:
-        raise ValueError(f"{name} should be a positive integer value, but got {name}={batch_size}")
-    if dataset_size is not None and batch_size > dataset_size:
-        raise ValueError(
-            f"{name} should be at most the data set size {dataset_size}, but got {name}={batch_size}"
-        )
-    return batch_size
+
+
+
+
+
 
 
 def effective_lr(lr: float, momentum: float = 0.0) -> float:
@@ -111,7 +80,7 @@ def batch_size_for_noise_ratio(
         633.51
     """
     check_dataset_size(dataset_size)
-    ratio = _check_number("ratio", ratio)
+    ratio = check_number("ratio", ratio)
     if ratio <= 0:
         raise ValueError(f"ratio should be positive, but got ratio={ratio:g}")
     if not 0 < batch_size <= dataset_size:

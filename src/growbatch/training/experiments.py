@@ -11,16 +11,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .builders import default_max_batch_size, step_schedule
-from .config import OPTIMIZERS, RunConfig
-from .data import DATASET_NAMES, ImageDataset, load_dataset
+from ..atomic import write_json_atomically
+from ..batching.ghost_bn import check_ghost_batch_size
+from ..data import DATASET_NAMES, ImageDataset, load_dataset
+from ..models import MODEL_NAMES
+from ..schedule.builders import default_max_batch_size, step_schedule
+from ..schedule.schedule import Schedule
 from .distributed import DistInfo, from_main
-from .ghost_bn import check_ghost_batch_size
 from .metrics import read_records
-from .models import MODEL_NAMES
-from .rundir import RunLock, prepare_output_dir, write_json_atomic
-from .schedule import Schedule
-from .train import CHECKPOINT_NAME, METRICS_NAME, StopFlag, train_run
+from .rundir import RunLock, prepare_output_dir
+from .settings import OPTIMIZERS, RunConfig
+from .trainer import CHECKPOINT_NAME, METRICS_NAME, StopFlag, train_run
 
 __all__ = ["EXPERIMENTS", "ExperimentConfig", "run_configs", "run_experiment", "SUMMARY_NAME"]
 
@@ -220,7 +221,7 @@ def run_experiment(
     continuing = from_main(prepare)
     try:
         if info.is_main:
-            write_json_atomic(out / "experiment.json", manifest)
+            write_json_atomically(out / "experiment.json", manifest)
         summary = {"experiment": config.experiment, "dataset": config.dataset, "model": config.resolved_model,
                    "dataset_size": dataset.train_size, "world_size": info.world_size, "runs": []}
         for run in runs:
@@ -233,7 +234,7 @@ def run_experiment(
                                          stop=stop, progress=progress))
             summary["runs"].append(_summary_row(run, records))
             if info.is_main:
-                write_json_atomic(out / SUMMARY_NAME, summary)
+                write_json_atomically(out / SUMMARY_NAME, summary)
         return summary
     finally:
         if lock is not None:

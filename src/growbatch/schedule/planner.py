@@ -8,14 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from ..checks import check_batch_size, check_dataset_size, check_lr, check_momentum
 from .builders import Conversion, cosine_lr, from_lr_function, multistep_lr
 from .noise import (
     batch_size_for_momentum,
     batch_size_for_noise_ratio,
-    check_batch_size,
-    check_dataset_size,
-    check_lr,
-    check_momentum,
     effective_lr,
     noise_scale,
     noise_scale_approx,

@@ -9,6 +9,8 @@ import json
 import os
 from pathlib import Path
 
+from ..atomic import write_bytes_atomically
+
 __all__ = ["METRIC_KEYS", "append_record", "read_records", "write_records"]
 
 METRIC_KEYS = (
@@ -51,10 +53,4 @@ def read_records(path: Path) -> list[dict]:
 
 def write_records(path: Path, records: list[dict]) -> None:
     """Replace a metrics file atomically with ``records`` (used when resuming from a checkpoint)."""
-    tmp = Path(f"{path}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomically(path, "".join(json.dumps(record) + "\n" for record in records).encode("utf-8"))

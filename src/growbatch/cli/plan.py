@@ -1,48 +1,24 @@
-"""The ``growbatch`` command: argparse only; the work is done by the library (``planner``, ``presets``).
-
-Each subcommand is one ``_add_<name>(subparsers)`` function that registers its flags and a
-``handler(args) -> int``; :func:`main` turns bad input into one line on stderr and exit status 2.
-"""
+"""``growbatch plan``: updates and samples per phase of a preset, a custom step schedule or a converted LR schedule."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
-import sys
-from collections.abc import Sequence
 
-from . import __version__
-from .builders import MODES, step_schedule
-from .planner import (
+from ..schedule.builders import MODES, step_schedule
+from ..schedule.planner import (
     LR_SCHEDULES,
     comparison_dict,
     convert_lr_schedule,
     format_comparison,
-    format_noise_report,
     format_plan_table,
-    format_table,
-    noise_report,
 )
-from .presets import PRESETS, get_preset
-from .run_command import add_report_parser, add_run_parser
-from .rundir import LockError
-from .schedule import Schedule
+from ..schedule.presets import PRESETS, get_preset
+from ..schedule.schedule import Schedule
+from .common import UsageError
 
-__all__ = ["UsageError", "build_parser", "main"]
-
-
-class UsageError(ValueError):
-    """Flags that are each valid but do not go together; reported like any bad value."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line, like the library's (subparsers inherit it)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # every rank parses the same command line: one copy of the message is enough (NOTE [one report])
-        self.exit(2, None if _launched_rank() > 0 else f"growbatch: error: {message} (see '{self.prog} --help')\n")
+__all__ = ["add_plan_parser"]
 
 
 def _numbers(text: str) -> tuple[float, ...]:
@@ -60,7 +36,6 @@ def _numbers(text: str) -> tuple[float, ...]:
     return tuple(values)
 
 
-# -- plan ----------------------------------------------------------------------------
 # Flags that describe a custom schedule (dest -> flag); None means "not given".
 _SCHEDULE_FLAGS = {
     "lr": "--lr", "batch_size": "--batch-size", "momentum": "--momentum", "epochs": "--epochs",
@@ -71,7 +46,7 @@ _SCHEDULE_FLAGS = {
 _REQUIRED_FLAGS = ("lr", "batch_size", "epochs", "dataset_size")
 
 
-def _add_plan(subparsers: argparse._SubParsersAction) -> None:
+def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "plan", help="updates and samples per phase of a preset or a custom schedule",
         description="Print each phase (epochs, lr, momentum, batch size, noise scale, updates, samples) and the "
@@ -165,106 +140,3 @@ def _plan(args: argparse.Namespace) -> int:
     else:
         print(format_plan_table(plan, noise_error))
     return 0
-
-
-# -- presets ---------------------------------------------------------------------------
-def _add_presets(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("presets", help="list the paper's schedules by name",
-                              description="The paper's experiments, for 'growbatch plan PRESET'.")
-    p.set_defaults(handler=_presets)
-
-
-def _presets(args: argparse.Namespace) -> int:
-    print(format_table(("preset", "schedule"), [(p.name, p.description) for p in PRESETS.values()], align="ll"))
-    return 0
-
-
-# -- noise -----------------------------------------------------------------------------
-def _add_noise(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "noise", help="the noise scale of one setting and the settings equivalent to it",
-        description="Print g = lr/(1-m) * (N/B - 1), its approximation lr*N/(B(1-m)), the effective lr "
-                    "lr/(1-m), the batch that divides g by --factor, and other settings with the same g.")
-    p.add_argument("--lr", type=float, required=True, help="learning rate")
-    p.add_argument("--batch-size", type=int, required=True, help="global batch size B")
-    p.add_argument("--dataset-size", type=int, required=True, help="training samples N")
-    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum m (default 0: plain SGD)")
-    p.add_argument("--factor", type=float, default=5.0, help="the wanted division of g (default 5)")
-    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
-    p.set_defaults(handler=_noise)
-
-
-def _noise(args: argparse.Namespace) -> int:
-    report = noise_report(args.lr, args.batch_size, args.dataset_size, args.momentum, factor=args.factor)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else format_noise_report(report))
-    return 0
-
-
-# -- the command -------------------------------------------------------------------------
-# To add a subcommand: write `_add_<name>(subparsers)` that calls `set_defaults(handler=...)`
-# and append it here. Handlers return the exit status and raise ValueError for bad input.
-_SUBCOMMANDS = (_add_plan, _add_presets, _add_noise, add_run_parser, add_report_parser)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``growbatch`` parser with every subcommand registered."""
-    parser = _Parser(prog="growbatch",
-                     description="Train by increasing the batch size instead of decaying the learning rate.")
-    parser.add_argument("--version", action="version", version=f"growbatch {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in _SUBCOMMANDS:
-        add(subparsers)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``growbatch`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status.
-
-    Bad input (``ValueError``, ``TypeError``, :class:`UsageError`) becomes one line on
-    stderr, ``growbatch: error: ...``, and status 2, with no traceback.
-    """
-    try:
-        args = build_parser().parse_args(argv)
-        args.argv = list(sys.argv[1:] if argv is None else argv)  # for messages that repeat the command
-        return args.handler(args)
-    except SystemExit as stop:  # argparse: --help/--version (0) or a bad flag (2)
-        if stop.code is None or isinstance(stop.code, int):
-            return stop.code or 0
-        print(stop.code, file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, LockError) as err:
-        _print_error(err, _one_line(err))
-        return 2
-    except OSError as err:  # a read-only or full output directory, a vanished file
-        where = f": {err.filename}" if getattr(err, "filename", None) else ""
-        _print_error(err, f"{err.strerror or _one_line(err)}{where}")
-        return 1
-    except KeyboardInterrupt:
-        print("growbatch: interrupted", file=sys.stderr)
-        return 130
-
-
-# NOTE [one report]: under torchrun every rank runs main(). An error from the command line (raised
-# before the process group exists) or one rank 0 relayed to the others (distributed.from_main) is the
-# same on every rank, and rank 0 alone reports it; an error of one rank's own is reported by that rank,
-# tagged with its number (run_command sets err.rank).
-def _launched_rank() -> int:
-    """This process's rank under torchrun (0 otherwise)."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
-
-
-def _print_error(err: BaseException, text: str) -> None:
-    if getattr(err, "relayed", False):
-        return
-    rank = getattr(err, "rank", None)
-    if rank is None and _launched_rank() > 0:
-        return
-    tag = f"[rank {rank}] " if rank else ""
-    print(f"growbatch: error: {tag}{text}", file=sys.stderr)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())  # one line, whatever the message holds

@@ -16,18 +16,31 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__
-from .accumulate import MicroBatcher
-from .checkpoint import capture_rng, check_compatible, load_checkpoint, restore_rng, save_checkpoint
-from .config import RunConfig
-from .data import ImageDataset
-from .distributed import (AllReduceStats, DistInfo, average_buffers, from_main, sum_over_ranks, warn_if_ghosts_split,
-                          wrap_ddp)
-from .loader import TensorLoader
-from .metrics import append_record, read_records, write_records
-from .models import build_model
-from .rundir import write_json_atomic
-from .scheduler import BatchSizeScheduler
+from .. import __version__
+from ..atomic import write_json_atomically
+from ..batching.loader import TensorLoader
+from ..batching.microbatch import MicroBatcher
+from ..batching.scheduler import BatchSizeScheduler
+from ..data import ImageDataset
+from ..models import build_model
+from .checkpoint import (
+    capture_rng,
+    check_compatible,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from .distributed import (
+    AllReduceStats,
+    DistInfo,
+    average_buffers,
+    from_main,
+    sum_over_ranks,
+    warn_if_ghosts_split,
+    wrap_ddp,
+)
+from .metrics import append_record, write_records
+from .settings import RunConfig
 
 __all__ = ["train_run", "DivergenceError", "Interrupted", "StopFlag", "CHECKPOINT_NAME", "METRICS_NAME"]
 
@@ -192,7 +205,7 @@ def train_run(
                              "or use --force") from None
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / CONFIG_NAME, {**config.to_dict(), "growbatch_version": __version__,
+        write_json_atomically(run_dir / CONFIG_NAME, {**config.to_dict(), "growbatch_version": __version__,
                                                   "git_commit": _git_commit(), "world_size": info.world_size})
         # the checkpoint is the truth: drop epochs written after it (and any torn line)
         if saved is not None or metrics_path.exists():
@@ -346,8 +359,3 @@ def _git_commit() -> str | None:
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
 
-
-def read_run(run_dir: Path) -> list[dict]:
-    """The complete per-epoch records of a run directory (a torn last line is ignored)."""
-    path = Path(run_dir) / METRICS_NAME
-    return read_records(path) if path.exists() else []

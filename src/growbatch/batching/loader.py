@@ -12,9 +12,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_int
+from ..schedule.schedule import Schedule
 from .allocator import keep_freed_memory
-from .sampler import DynamicBatchSampler, _check_int, derive_seed
-from .schedule import Schedule
+from .sampler import DynamicBatchSampler, derive_seed
 
 __all__ = ["TensorLoader"]
 
@@ -94,7 +95,7 @@ class TensorLoader:
         if targets.shape != inputs.shape[:1] or targets.is_floating_point() or targets.is_complex():
             raise ValueError(f"targets should be {inputs.shape[0]} integer class indices, but got "
                              f"shape {tuple(targets.shape)}, dtype={targets.dtype}")
-        self.crop_padding = _check_int("crop_padding", crop_padding, 0)
+        self.crop_padding = check_int("crop_padding", crop_padding, 0)
         if not isinstance(flip, bool) or not isinstance(channels_last, bool):
             raise TypeError(f"flip and channels_last should be True or False, but got flip={flip!r}, "
                             f"channels_last={channels_last!r}")
@@ -137,6 +138,11 @@ class TensorLoader:
             self._windows = (self._grids[:, None, :] + self._corners[None, :, None]).flatten(0, 1)
 
     # -- the sampler's clock and state ---------------------------------------------
+    @property
+    def batch_sampler(self) -> DynamicBatchSampler:
+        """The sampler that cuts the batches, as ``DataLoader.batch_sampler`` (a BatchSizeScheduler steps it)."""
+        return self.sampler
+
     @property
     def dataset_size(self) -> int:
         return self.sampler.dataset_size

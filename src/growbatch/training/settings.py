@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .schedule import Schedule
+from ..schedule.schedule import Schedule
 
 __all__ = ["OPTIMIZERS", "RunConfig"]
 

@@ -10,18 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_positive_int
+
 __all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "check_ghost_batch_size", "convert_to_ghost_batch_norm",
            "ghost_sizes", "largest_ghost_batch_size"]
-
-
-def _check_ghost_batch_size(ghost_batch_size: object) -> int:
-    if not isinstance(ghost_batch_size, int) or isinstance(ghost_batch_size, bool):
-        raise TypeError(f"ghost_batch_size should be a positive integer, but got "
-                        f"ghost_batch_size={ghost_batch_size!r} ({type(ghost_batch_size).__name__})")
-    if ghost_batch_size <= 0:
-        raise ValueError(f"ghost_batch_size should be a positive integer, but got ghost_batch_size={ghost_batch_size}; "
-                         f"the paper uses 128")
-    return ghost_batch_size
 
 
 def ghost_sizes(batch_size: int, ghost_batch_size: int, values_per_sample: int = 1) -> list[int]:
@@ -50,7 +42,7 @@ class _GhostBatchNorm:
                  momentum: float | None = 0.1, affine: bool = True, track_running_stats: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
                  bias: bool = True) -> None:
-        _check_ghost_batch_size(ghost_batch_size)
+        check_positive_int("ghost_batch_size", ghost_batch_size, "; the paper uses 128")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
         self.ghost_batch_size = ghost_batch_size
 
@@ -167,7 +159,7 @@ def convert_to_ghost_batch_norm(module: nn.Module, ghost_batch_size: int) -> nn.
         >>> model[1]
         GhostBatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True, ghost_batch_size=128)
     """
-    _check_ghost_batch_size(ghost_batch_size)
+    check_positive_int("ghost_batch_size", ghost_batch_size, "; the paper uses 128")
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         return _ghost_copy(module, ghost_batch_size)
     for name, child in module.named_children():

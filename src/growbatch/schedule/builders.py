@@ -15,7 +15,15 @@ from typing import Literal
 
 import torch
 
-from .noise import batch_size_for_noise_ratio, check_batch_size, check_dataset_size, check_lr, check_momentum
+from ..checks import (
+    check_batch_size,
+    check_count,
+    check_dataset_size,
+    check_factor,
+    check_lr,
+    check_momentum,
+)
+from .noise import batch_size_for_noise_ratio
 from .schedule import Phase, Schedule
 
 __all__ = [
@@ -39,12 +47,7 @@ def default_max_batch_size(dataset_size: int) -> int:
     return max(1, check_dataset_size(dataset_size) // 10)
 
 
-def _check_epochs(epochs: int) -> int:
-    if isinstance(epochs, bool) or not isinstance(epochs, int):
-        raise TypeError(f"epochs should be a positive integer value, but got epochs={epochs!r}")
-    if epochs <= 0:
-        raise ValueError(f"epochs should be a positive integer value, but got epochs={epochs}")
-    return epochs
+
 
 
 def _check_cap(max_batch_size: int | None, batch_size: int, dataset_size: int) -> int:
@@ -74,12 +77,7 @@ def _check_milestones(milestones: Sequence[float], epochs: float | None = None) 
     return values
 
 
-def _check_factor(factor: float) -> float:
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
-        raise TypeError(f"factor should be a number greater than 1, but got factor={factor!r}")
-    if not factor > 1 or not math.isfinite(factor):
-        raise ValueError(f"factor should be a number greater than 1 (the noise scale is divided by it), but got factor={factor!r}")
-    return float(factor)
+
 
 
 def _scale_g(lr: float, batch: int, cap: int, n: int, ratio: float, exact: bool) -> tuple[float, int]:
@@ -147,11 +145,11 @@ def step_schedule(
     lr = check_lr(lr)
     momentum = check_momentum(momentum)
     n = check_dataset_size(dataset_size)
-    epochs = _check_epochs(epochs)
+    epochs = check_count("epochs", epochs)
     check_batch_size(batch_size, n)
     cap = _check_cap(max_batch_size, batch_size, n)
     values = _check_milestones(milestones, epochs)
-    factor = _check_factor(factor)
+    factor = check_factor(factor)
     if isinstance(batch_increases, bool) or not isinstance(batch_increases, int) or batch_increases < 0:
         raise ValueError(f"batch_increases should be a non-negative integer, but got batch_increases={batch_increases!r}")
 
@@ -200,7 +198,7 @@ def from_lr_function(
     The lr function is sampled at ``points_per_epoch`` points per epoch, held between them.
     """
     n = check_dataset_size(dataset_size)
-    epochs = _check_epochs(epochs)
+    epochs = check_count("epochs", epochs)
     check_batch_size(batch_size, n)
     momentum = check_momentum(momentum)
     cap = _check_cap(max_batch_size, batch_size, n)
@@ -269,7 +267,7 @@ def from_lr_scheduler(
     Other keyword arguments are those of :func:`from_lr_function`.
     """
     lr = check_lr(lr)
-    epochs = _check_epochs(kwargs.get("epochs"))
+    epochs = check_count("epochs", kwargs.get("epochs"))
     if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
         raise ValueError(f"steps_per_epoch should be a positive integer value, but got steps_per_epoch={steps_per_epoch!r}")
     param = torch.nn.Parameter(torch.zeros(1))
@@ -303,7 +301,7 @@ def multistep_lr(lr: float, milestones: Sequence[float], factor: float) -> Calla
     """The lr divided by ``factor`` at each milestone (torch's ``MultiStepLR`` with gamma = 1/factor)."""
     check_lr(lr)
     values = _check_milestones(milestones)
-    factor = _check_factor(factor)
+    factor = check_factor(factor)
     return lambda t: lr / factor ** sum(1 for m in values if t >= m)
 
 

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from .noise import check_batch_size, check_dataset_size, check_momentum
+from ..checks import check_batch_size, check_dataset_size, check_momentum
 
 __all__ = ["Phase", "Schedule", "PhasePlan", "Plan", "SCHEDULE_VERSION"]
 

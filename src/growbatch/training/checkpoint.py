@@ -8,10 +8,12 @@ import random
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+
+from ..atomic import write_atomically
 
 __all__ = ["CHECKPOINT_VERSION", "TEST_PAUSE_ENV", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng",
            "check_compatible"]
@@ -31,19 +33,6 @@ COMPATIBLE_KEYS = (
 )
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: the previous file stays intact until the new one is complete.
 
@@ -51,35 +40,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         OSError: the file could not be written (read-only or full directory, file size limit);
             the temporary file is removed and ``path`` is left as it was.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     # serialised in memory first: a failed disk write is then a plain OSError (torch's zip writer
     # would turn it into a RuntimeError about stream positions)
     buffer = io.BytesIO()
     torch.save({"version": CHECKPOINT_VERSION, **state}, buffer)
     data = buffer.getbuffer()
-    try:
-        with open(tmp, "wb") as f:
-            pause = float(os.environ.get(TEST_PAUSE_ENV) or 0)
-            if pause > 0:  # NOTE [test-pause]
-                f.write(data[: len(data) // 2])
-                f.flush()
-                time.sleep(pause)
-                f.write(data[len(data) // 2:])
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # the original error says more
-        if isinstance(err, OSError) and err.filename is None:  # write() errors name no file
-            raise OSError(err.errno, err.strerror or str(err), str(tmp)) from err
-        raise
-    _fsync_dir(path.parent)
+
+    def write(file: BinaryIO) -> None:
+        pause = float(os.environ.get(TEST_PAUSE_ENV) or 0)
+        if pause > 0:  # NOTE [test-pause]
+            file.write(data[: len(data) // 2])
+            file.flush()
+            time.sleep(pause)
+            file.write(data[len(data) // 2:])
+        else:
+            file.write(data)
+
+    write_atomically(path, write)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

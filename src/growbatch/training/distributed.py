@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["DistInfo", "setup", "teardown", "from_main", "TIMEOUT_ENV", "wrap_ddp", "AllReduceStats",
-           "sum_over_ranks", "average_buffers", "barrier", "unaligned_batch_sizes", "warn_if_ghosts_split"]
+           "sum_over_ranks", "average_buffers", "unaligned_batch_sizes", "warn_if_ghosts_split"]
 
 T = TypeVar("T")
 
@@ -131,11 +131,6 @@ def from_main(compute: Callable[[], T]) -> T:
     raise value
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 @dataclass
 class AllReduceStats:
     """Count and wall time of the gradient all-reduces DDP launches (one per bucket per update)."""
@@ -223,7 +218,7 @@ def unaligned_batch_sizes(batch_sizes: Iterable[int], ghost_batch_size: int, wor
         >>> unaligned_batch_sizes([128, 640, 1, 2, 100], ghost_batch_size=64, world_size=2)  # 1+1, 50+50
         [2, 100]
     """
-    from .sampler import rank_share
+    from ..batching.sampler import rank_share
 
     def cuts_a_ghost(size: int) -> bool:  # a share boundary inside the batch, not on a ghost's edge
         starts = (rank_share(size, rank, world_size)[0] for rank in range(1, world_size))

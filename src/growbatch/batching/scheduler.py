@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .loader import TensorLoader
-from .sampler import DynamicBatchSampler, _check_int, check_cut_position
-from .schedule import Schedule
+from ..checks import check_int
+from ..schedule.schedule import Schedule
+from .sampler import DynamicBatchSampler, check_cut_position
 
 __all__ = ["BatchSizeScheduler", "SCHEDULER_VERSION"]
 
@@ -24,9 +24,8 @@ SCHEDULER_VERSION = 1
 def _sampler_of(sampler_or_loader: Any) -> DynamicBatchSampler:
     if isinstance(sampler_or_loader, DynamicBatchSampler):
         return sampler_or_loader
-    if isinstance(sampler_or_loader, TensorLoader):
-        return sampler_or_loader.sampler
-    if isinstance(sampler_or_loader, DataLoader) and isinstance(sampler_or_loader.batch_sampler, DynamicBatchSampler):
+    # a torch DataLoader and growbatch's TensorLoader both expose the sampler that cuts their batches
+    if isinstance(getattr(sampler_or_loader, "batch_sampler", None), DynamicBatchSampler):
         return sampler_or_loader.batch_sampler
     raise TypeError(
         "sampler_or_loader should be a DynamicBatchSampler, a TensorLoader or a DataLoader built with "
@@ -102,7 +101,7 @@ class BatchSizeScheduler:
 
     def __init__(
         self,
-        sampler_or_loader: DynamicBatchSampler | TensorLoader | DataLoader,
+        sampler_or_loader: DynamicBatchSampler | DataLoader | Any,
         optimizer: torch.optim.Optimizer,
         schedule: Schedule,
         *,
@@ -213,9 +212,9 @@ class BatchSizeScheduler:
         missing = {"last_epoch", "epoch", "position"} - state.keys()
         if missing:
             raise ValueError(f"the scheduler state lacks the keys {sorted(missing)}")
-        last_epoch = _check_int("last_epoch", state["last_epoch"], 0)
-        epoch = _check_int("epoch", state["epoch"], 0)
-        position = _check_int("position", state["position"], 0)
+        last_epoch = check_int("last_epoch", state["last_epoch"], 0)
+        epoch = check_int("epoch", state["epoch"], 0)
+        position = check_int("position", state["position"], 0)
         check_cut_position(self.schedule, epoch, position)
         self.last_epoch, self._epoch, self._position = last_epoch, epoch, position
         self._normalise_clock()

@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import Sampler
 
-from .noise import check_batch_size, check_dataset_size
-from .schedule import Phase, Schedule
+from ..checks import check_batch_size, check_dataset_size, check_int
+from ..schedule.schedule import Phase, Schedule
 
 __all__ = ["DynamicBatchSampler", "SAMPLER_VERSION", "as_schedule", "check_cut_position", "derive_seed", "rank_share"]
 
@@ -59,12 +59,7 @@ def check_cut_position(schedule: Schedule, epoch: int, position: int) -> None:
         )
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} should be an integer value, but got {name}={value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} should be an integer >= {minimum}, but got {name}={value}")
-    return value
+
 
 
 def as_schedule(dataset_size: int, schedule_or_batch_size: Schedule | int, drop_last: bool | None) -> Schedule:
@@ -167,9 +162,9 @@ class DynamicBatchSampler(Sampler[list[int]]):
         if not isinstance(shuffle, bool):
             raise TypeError(f"shuffle should be True or False, but got shuffle={shuffle!r}")
         self.shuffle = shuffle
-        self.seed = _check_int("seed", seed, 0)
-        self.world_size = _check_int("world_size", world_size, 1)
-        self.rank = _check_int("rank", rank, 0)
+        self.seed = check_int("seed", seed, 0)
+        self.world_size = check_int("world_size", world_size, 1)
+        self.rank = check_int("rank", rank, 0)
         if rank >= world_size:
             raise ValueError(f"rank should be in [0, world_size={world_size}), but got rank={rank}")
         self._epoch = 0
@@ -202,7 +197,7 @@ class DynamicBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Move the clock to the start of ``epoch``; an iteration in progress stops."""
-        self._epoch = _check_int("epoch", epoch, 0)
+        self._epoch = check_int("epoch", epoch, 0)
         self._position = 0
         self._pass += 1
         self._start_pass_record()
@@ -273,7 +268,7 @@ class DynamicBatchSampler(Sampler[list[int]]):
         """
         epoch, position, last = self._epoch, self._position, self._last_global_batch_size
         if batches_consumed is not None:
-            _check_int("batches_consumed", batches_consumed, 0)
+            check_int("batches_consumed", batches_consumed, 0)
             if batches_consumed > self._pass_batches:
                 raise ValueError(
                     f"batches_consumed should be at most the {self._pass_batches} batches this pass has cut, "
@@ -314,10 +309,10 @@ class DynamicBatchSampler(Sampler[list[int]]):
         missing = {"seed", "shuffle", "epoch", "position", "last_global_batch_size"} - state.keys()
         if missing:
             raise ValueError(f"the sampler state lacks the keys {sorted(missing)}")
-        seed = _check_int("seed", state["seed"], 0)
-        epoch = _check_int("epoch", state["epoch"], 0)
-        position = _check_int("position", state["position"], 0)
-        last = _check_int("last_global_batch_size", state["last_global_batch_size"], 0)
+        seed = check_int("seed", state["seed"], 0)
+        epoch = check_int("epoch", state["epoch"], 0)
+        position = check_int("position", state["position"], 0)
+        last = check_int("last_global_batch_size", state["last_global_batch_size"], 0)
         if not isinstance(state["shuffle"], bool):
             raise TypeError(f"shuffle should be True or False, but got shuffle={state['shuffle']!r}")
         check_cut_position(self.schedule, epoch, position)

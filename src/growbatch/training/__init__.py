@@ -1,0 +1,1 @@
+"""Training runs: tasks, the Trainer, checkpoints, run directories, metrics files and the distributed context."""
