@@ -99,8 +99,8 @@ def test_step_result_reports_the_whole_share():
         outputs = model(inputs)
     expected_loss = F.cross_entropy(outputs, targets, reduction="sum").item()
     expected_correct = int((outputs.argmax(1) == targets).sum())
-    assert result == StepResult(loss_sum=pytest.approx(expected_loss, rel=1e-6), correct=expected_correct,
-                                samples=25, micro_batches=4, micro_batch_size=8)
+    assert result == StepResult(loss_sum=pytest.approx(expected_loss, rel=1e-6), samples=25, micro_batches=4,
+                                micro_batch_size=8, sums={"correct": expected_correct})
     assert 0 < expected_correct < 25
     assert isinstance(result.loss_sum, float) and isinstance(result.correct, int)
 
@@ -156,7 +156,7 @@ def test_an_empty_share_without_ddp_computes_nothing():
     model = make(cnn)
     inputs, targets = batch(0)
     result = MicroBatcher(model, F.cross_entropy).backward(inputs, targets, global_batch_size=8, world_size=2)
-    assert result == StepResult(loss_sum=0.0, correct=0, samples=0, micro_batches=0, micro_batch_size=0)
+    assert result == StepResult(loss_sum=0.0, samples=0, micro_batches=0, micro_batch_size=0)
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -166,7 +166,7 @@ def test_an_empty_share_under_ddp_joins_the_all_reduce_with_zero_gradients():
     inputs, targets = batch(0)
     result = MicroBatcher(model, F.cross_entropy, micro_batch_size=4).backward(
         inputs, targets, global_batch_size=8, world_size=2)
-    assert result == StepResult(loss_sum=0.0, correct=0, samples=0, micro_batches=1, micro_batch_size=0)
+    assert result == StepResult(loss_sum=0.0, samples=0, micro_batches=1, micro_batch_size=0)
     assert model.forwards == [(0, True)]  # one synchronising pass: DDP all-reduces the zero gradients
     for name, parameter in model.module.named_parameters():
         assert parameter.grad is not None and torch.count_nonzero(parameter.grad) == 0, name

@@ -35,7 +35,9 @@ from growbatch.training.distributed import DistInfo
 from growbatch.training.experiments import ExperimentConfig, run_configs
 from growbatch.training.metrics import read_records
 from growbatch.training.rundir import LOCK_NAME
-from growbatch.training.trainer import Interrupted, StopFlag, train_run
+from growbatch.training.runfiles import train_run
+from growbatch.training.task import ClassificationTask
+from growbatch.training.trainer import Interrupted, StopFlag
 
 # the same tiny experiment everywhere: compare on digits, 2 epochs, fixed micro-batches
 RUN = ["run", "--epochs", "2", "--batch-size", "32", "--micro-batch-size", "64", "--no-progress"]
@@ -260,15 +262,15 @@ def test_torn_metrics_line_is_dropped_on_resume_and_the_run_is_identical(tmp_pat
     """In process: stop after epoch 0 (as a kill would), tear the metrics file, resume."""
     dataset = load_dataset("digits")
     config = run_configs(ExperimentConfig(epochs=2, batch_size=64, micro_batch_size=64), dataset.train_size)[2]
-    whole = list(train_run(config, dataset, tmp_path / "whole", info=CPU, progress=False))
+    whole = list(train_run(config, ClassificationTask(dataset), tmp_path / "whole", info=CPU))
 
     run_dir = tmp_path / "torn"
-    epochs = train_run(config, dataset, run_dir, info=CPU, progress=False)
+    epochs = train_run(config, ClassificationTask(dataset), run_dir, info=CPU)
     next(epochs)
     epochs.close()  # gone after epoch 0: checkpoint and metrics line written
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 1, "updates": 5')  # killed mid-write
-    resumed = list(train_run(config, dataset, run_dir, info=CPU, resume=True, progress=False))
+    resumed = list(train_run(config, ClassificationTask(dataset), run_dir, info=CPU, resume=True))
 
     assert _without_timing(resumed) == _without_timing(whole)
     assert _without_timing(_records(run_dir)) == _without_timing(whole)  # the torn line is gone
@@ -354,7 +356,7 @@ def _foreign_checkpoint(tmp_path: Path, **changes) -> Path:
     config = run_configs(ExperimentConfig(epochs=2, batch_size=32, micro_batch_size=64, **changes),
                          dataset.train_size)[0]
     with pytest.raises(Interrupted):
-        list(train_run(config, dataset, tmp_path / "foreign", info=CPU, stop=StopFlag(True), progress=False))
+        list(train_run(config, ClassificationTask(dataset), tmp_path / "foreign", info=CPU, stop=StopFlag(True)))
     return tmp_path / "foreign" / "checkpoint.pt"
 
 
@@ -413,7 +415,7 @@ BAD_RUN_DIRS = {
         rf"{CHECKPOINT} is not a growbatch checkpoint \(it holds a list\); delete it to start over, or use --force"),
     "checkpoint-other-version": (
         lambda out, tmp: _edit_checkpoint(out / CHECKPOINT, lambda s: s.update(version=99)), [],
-        r"has version 99, expected 1 \(written by another growbatch version\); resume with that version"),
+        r"has version 99, expected 2 \(written by another growbatch version\); resume with that version"),
     "checkpoint-weights-edited": (
         lambda out, tmp: _edit_checkpoint(out / CHECKPOINT, lambda s: s["model"].popitem()), [],
         rf"checkpoint \S+/{CHECKPOINT} does not fit run {DECAY} \(RuntimeError: Error\(s\) in loading state_dict "

@@ -76,7 +76,7 @@ class TestCheckpoint:
     def test_a_full_disk_leaves_the_previous_checkpoint_and_no_tmp(self, tmp_path, monkeypatch):
         import errno
 
-        from growbatch import checkpoint
+        from growbatch import atomic
 
         path = tmp_path / "c.pt"
         save_checkpoint(path, {"step": 1})
@@ -98,7 +98,7 @@ class TestCheckpoint:
             def __exit__(self, *exc):
                 self.file.close()
 
-        monkeypatch.setattr(checkpoint, "open", FullDisk, raising=False)
+        monkeypatch.setattr(atomic, "open", FullDisk, raising=False)
         with pytest.raises(OSError, match="No space left on device") as caught:
             save_checkpoint(path, {"step": 2})
         monkeypatch.undo()
@@ -117,7 +117,7 @@ class TestCheckpoint:
     def test_other_version_is_refused(self, tmp_path):
         path = tmp_path / "c.pt"
         torch.save({"version": 99}, path)
-        with pytest.raises(ValueError, match=r"has version 99, expected 1"):
+        with pytest.raises(ValueError, match=r"has version 99, expected 2"):
             load_checkpoint(path)
 
     def test_incompatible_setting_is_named(self, tmp_path):

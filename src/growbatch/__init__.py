@@ -1,33 +1,13 @@
-"""growbatch: train by increasing the batch size instead of decaying the learning rate."""
+"""growbatch: train by increasing the batch size instead of decaying the learning rate.
+
+The public API: the schedule layer (noise formulas, Phase/Schedule, builders, presets) and the batching
+layer (sampler, loader, scheduler, micro-batching, ghost BN); the Trainer and tasks are in growbatch.training.
+"""
 
 __version__ = "0.1.0"  # first: modules below import it
 
-from .batching.ghost_bn import (
-    GhostBatchNorm1d,
-    GhostBatchNorm2d,
-    convert_to_ghost_batch_norm,
-)
-from .batching.loader import TensorLoader
-from .batching.microbatch import MicroBatcher, StepResult
-from .batching.sampler import DynamicBatchSampler
-from .batching.scheduler import BatchSizeScheduler
-from .schedule.builders import (
-    Conversion,
-    cosine_lr,
-    from_lr_function,
-    from_lr_scheduler,
-    multistep_lr,
-    step_schedule,
-    warmup_stable_decay_lr,
-)
-from .schedule.noise import (
-    batch_size_for_momentum,
-    batch_size_for_noise_ratio,
-    effective_lr,
-    lr_for_batch_size,
-    noise_scale,
-    noise_scale_approx,
-)
-from .schedule.presets import PRESETS, get_preset
-from .schedule.schedule import Phase, Plan, Schedule
+from . import batching, schedule
+from .batching import *  # noqa: F403
+from .schedule import *  # noqa: F403
 
+__all__ = ["__version__", *batching.__all__, *schedule.__all__]

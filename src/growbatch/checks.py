@@ -70,12 +70,17 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-def check_positive_int(name: str, value: object, hint: str = "") -> int:
-    """Return ``value`` if it is a positive int (not a bool); ``hint`` is appended to the ValueError's message."""
+def check_positive_int(name: str, value: object, hint: str = "", alternative: str = "") -> int:
+    """Return ``value`` if it is a positive int (not a bool).
+
+    ``alternative`` names the other valid values in the messages (``" or 'auto'"``), which the caller
+    handles itself; ``hint`` is appended to the ValueError's message.
+    """
+    valid = f"{name} should be a positive integer{alternative}"
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} should be a positive integer, but got {name}={value!r} ({type(value).__name__})")
+        raise TypeError(f"{valid}, but got {name}={value!r} ({type(value).__name__})")
     if value <= 0:
-        raise ValueError(f"{name} should be a positive integer, but got {name}={value}{hint}")
+        raise ValueError(f"{valid}, but got {name}={value}{hint}")
     return value
 
 
@@ -87,3 +92,27 @@ def check_factor(factor: float) -> float:
         raise ValueError(f"factor should be a number greater than 1 (the noise scale is divided by it), "
                          f"but got factor={factor!r}")
     return float(factor)
+
+
+def check_state_dict(state: Any, *, owner: str, label: str, version: int, dataset_size: int, holder: str,
+                     keys: set[str]) -> None:
+    """Check a ``state_dict()`` of a clocked object before loading it (its type, version, data set size, keys).
+
+    Args:
+        owner: the class that wrote it (``"DynamicBatchSampler"``), for the type error.
+        label: its name in messages (``"sampler"``).
+        version: the state version this code reads.
+        dataset_size: the loading object's data set size, which the state must have been saved for.
+        holder: how messages name the loading object (``"this sampler"``, ``"the schedule"``).
+        keys: the keys it must hold besides ``version`` and ``dataset_size``.
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"state should be a dict from {owner}.state_dict(), but got {type(state).__name__}")
+    if state.get("version") != version:
+        raise ValueError(f"{label} state version should be {version}, but got version={state.get('version')!r}")
+    if state.get("dataset_size") != dataset_size:
+        raise ValueError(f"the state is for dataset_size={state.get('dataset_size')!r}, but {holder} has "
+                         f"dataset_size={dataset_size}; load a state saved for the same data set")
+    missing = keys - state.keys()
+    if missing:
+        raise ValueError(f"the {label} state lacks the keys {sorted(missing)}")

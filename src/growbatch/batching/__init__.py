@@ -5,3 +5,14 @@ from .loader import TensorLoader
 from .microbatch import MicroBatcher, StepResult
 from .sampler import DynamicBatchSampler
 from .scheduler import BatchSizeScheduler
+
+__all__ = [
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
+    "convert_to_ghost_batch_norm",
+    "TensorLoader",
+    "MicroBatcher",
+    "StepResult",
+    "DynamicBatchSampler",
+    "BatchSizeScheduler",
+]

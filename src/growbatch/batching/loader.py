@@ -33,6 +33,25 @@ def _channel_vector(name: str, values: Sequence[float] | torch.Tensor | None, ch
     return vector
 
 
+def _check_data(inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Images N x C x H x W (uint8 or float) and N integer class indices, or raise naming what is wrong."""
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise TypeError(f"inputs and targets should be tensors, but got {type(inputs).__name__} "
+                        f"and {type(targets).__name__}")
+    if inputs.dim() != 4:
+        raise ValueError(f"inputs should be N x C x H x W, but got shape {tuple(inputs.shape)}")
+    if inputs.dtype != torch.uint8 and not inputs.is_floating_point():
+        raise TypeError(f"inputs should be uint8 or floating point, but got dtype={inputs.dtype}")
+    if targets.shape != inputs.shape[:1] or targets.is_floating_point() or targets.is_complex():
+        raise ValueError(f"targets should be {inputs.shape[0]} integer class indices, but got "
+                         f"shape {tuple(targets.shape)}, dtype={targets.dtype}")
+
+
+def _sampler_property(name: str, doc: str) -> property:
+    """A read-only attribute of the loader that is its sampler's."""
+    return property(lambda self: getattr(self.sampler, name), doc=doc)
+
+
 class TensorLoader:
     """Yields ``(inputs, targets)`` of this rank's share of each batch, from tensors held on ``device``.
 
@@ -85,16 +104,7 @@ class TensorLoader:
         channels_last: bool = False,
         normalize_batches: bool = True,
     ) -> None:
-        if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
-            raise TypeError(f"inputs and targets should be tensors, but got {type(inputs).__name__} "
-                            f"and {type(targets).__name__}")
-        if inputs.dim() != 4:
-            raise ValueError(f"inputs should be N x C x H x W, but got shape {tuple(inputs.shape)}")
-        if inputs.dtype != torch.uint8 and not inputs.is_floating_point():
-            raise TypeError(f"inputs should be uint8 or floating point, but got dtype={inputs.dtype}")
-        if targets.shape != inputs.shape[:1] or targets.is_floating_point() or targets.is_complex():
-            raise ValueError(f"targets should be {inputs.shape[0]} integer class indices, but got "
-                             f"shape {tuple(targets.shape)}, dtype={targets.dtype}")
+        _check_data(inputs, targets)
         self.crop_padding = check_int("crop_padding", crop_padding, 0)
         if not isinstance(flip, bool) or not isinstance(channels_last, bool):
             raise TypeError(f"flip and channels_last should be True or False, but got flip={flip!r}, "
@@ -109,7 +119,7 @@ class TensorLoader:
         )
         self.device = torch.device(device) if device is not None else inputs.device
         if self.device.type == "cpu":
-            keep_freed_memory()  # NOTE: large CPU batches reuse freed pages (growbatch.allocator)
+            keep_freed_memory()  # NOTE: large CPU batches reuse freed pages (growbatch.batching.allocator)
         # the data moves to the device once; batches are gathered there
         self.inputs = inputs.to(self.device)
         self.targets = targets.to(self.device, torch.long)
@@ -143,26 +153,12 @@ class TensorLoader:
         """The sampler that cuts the batches, as ``DataLoader.batch_sampler`` (a BatchSizeScheduler steps it)."""
         return self.sampler
 
-    @property
-    def dataset_size(self) -> int:
-        return self.sampler.dataset_size
-
-    @property
-    def seed(self) -> int:
-        return self.sampler.seed
-
-    @property
-    def epoch(self) -> int:
-        return self.sampler.epoch
-
-    @property
-    def position(self) -> int:
-        return self.sampler.position
-
-    @property
-    def last_global_batch_size(self) -> int:
-        """Global size of the batch yielded last (this rank's share may be smaller)."""
-        return self.sampler.last_global_batch_size
+    dataset_size = _sampler_property("dataset_size", "Samples in the data set (all ranks).")
+    seed = _sampler_property("seed", "The shuffling seed.")
+    epoch = _sampler_property("epoch", "The epoch on the sampler's clock (0-based).")
+    position = _sampler_property("position", "Samples of the current epoch already cut into batches.")
+    last_global_batch_size = _sampler_property(
+        "last_global_batch_size", "Global size of the batch yielded last (this rank's share may be smaller).")
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)

@@ -1,7 +1,7 @@
 """One update per logical batch, computed as micro-batches whose gradients add up to the whole batch's.
 
 Under DDP only the last micro-batch synchronises (``no_sync()`` on the others), as in nanoGPT.
-``micro_batch_size="auto"`` measures the size (growbatch.microbatch_size).
+``micro_batch_size="auto"`` measures the size (growbatch.batching.microbatch_size).
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..checks import check_positive_int
 from .ghost_bn import check_ghost_batch_size, largest_ghost_batch_size
 from .microbatch_size import (
     FIRST_CANDIDATE,
@@ -29,6 +30,8 @@ from .microbatch_size import (
 __all__ = ["MicroBatcher", "StepResult"]
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# loss(model, inputs, targets) -> (mean loss over the micro-batch, metric sums over its samples)
+MicroBatchLoss = Callable[[nn.Module, Any, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 STATE_VERSION = 1  # of MicroBatcher.state_dict()
 
@@ -38,10 +41,15 @@ class StepResult:
     """What one :meth:`MicroBatcher.backward` computed, on this rank."""
 
     loss_sum: float  # sum of the per-sample losses of this rank's share (sum over ranks, divide by the global batch)
-    correct: int  # samples whose argmax output is the target class
     samples: int  # this rank's share of the logical batch
     micro_batches: int  # forward + backward passes
     micro_batch_size: int  # the largest micro-batch (the last one may be shorter); 0 for an empty share
+    sums: dict[str, float] = field(default_factory=dict)  # the loss's metric sums over the share
+
+    @property
+    def correct(self) -> int:
+        """Samples whose argmax output is the target class (the metric sum ``"correct"``; 0 without one)."""
+        return int(self.sums.get("correct", 0))
 
 
 class MicroBatcher:
@@ -58,9 +66,13 @@ class MicroBatcher:
     Args:
         model: the network, or a wrapper with ``no_sync()`` (``DistributedDataParallel``): then every
             micro-batch but the last runs under ``no_sync()``, so gradients synchronise once per update.
-        loss_fn: ``loss_fn(outputs, targets)`` -> the mean loss over the micro-batch.
+        loss_fn: ``loss_fn(outputs, targets)`` -> the mean loss over the micro-batch; the metric sum
+            ``"correct"`` counts argmax hits where the outputs are class scores. Give it or ``loss``.
+        loss: the general form, for any task (a ``growbatch.training.Task``'s ``loss``):
+            ``loss(model, inputs, targets)`` -> (the mean loss over the micro-batch, a dict of metric
+            sums over its samples as tensors); the sums are added up over the micro-batches.
         micro_batch_size: samples per forward pass, or ``"auto"``: the fastest measured size that fits
-            the memory budget (see ``growbatch.microbatch_size.SizeSearch``), measured once per input
+            the memory budget (see ``growbatch.batching.microbatch_size.SizeSearch``), measured once per input
             shape, dtype and device and extended when the local batch grows. In "auto", running out of
             memory (``torch.OutOfMemoryError``) halves the size and redoes the update from the start:
             gradients are reset to None and buffers restored first, so nothing is counted twice.
@@ -87,7 +99,8 @@ class MicroBatcher:
         (10, 3, 4)
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFunction, *, micro_batch_size: int | str = "auto",
+    def __init__(self, model: nn.Module, loss_fn: LossFunction | None = None, *, loss: MicroBatchLoss | None = None,
+                 micro_batch_size: int | str = "auto",
                  memory_budget_bytes: int | None = None, device: torch.device | str | None = None,
                  autocast_dtype: torch.dtype | None = None,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
@@ -97,7 +110,14 @@ class MicroBatcher:
         if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast_dtype should be torch.bfloat16, torch.float16 or None, but got "
                              f"autocast_dtype={autocast_dtype}")
+        if (loss_fn is None) == (loss is None):
+            raise TypeError("MicroBatcher takes either loss_fn(outputs, targets) or loss(model, inputs, targets), "
+                            f"exactly one of them, but got loss_fn={loss_fn!r}, loss={loss!r}")
+        for name, value in (("loss_fn", loss_fn), ("loss", loss)):
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} should be callable, but got {type(value).__name__}")
         self.model, self.loss_fn = model, loss_fn
+        self.loss: MicroBatchLoss = loss if loss is not None else _outputs_loss(loss_fn)
         self.micro_batch_size, self.memory_budget_bytes = micro_batch_size, memory_budget_bytes
         self.autocast_dtype = autocast_dtype
         if transform is not None and not callable(transform):
@@ -133,7 +153,7 @@ class MicroBatcher:
         """
         _check_step_arguments(inputs, targets, global_batch_size, world_size)
         if len(inputs) == 0:
-            return self._empty_share(inputs)
+            return self._empty_share(inputs, targets)
         size = self._choose(inputs, targets)
         if self.micro_batch_size != "auto":
             return self._accumulate(inputs, targets, size, world_size / global_batch_size)
@@ -189,7 +209,7 @@ class MicroBatcher:
     def _accumulate(self, inputs: torch.Tensor, targets: torch.Tensor, size: int,
                     weight_per_sample: float) -> StepResult:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        sums: dict[str, torch.Tensor] = {}
         pieces = list(zip(inputs.split(size), targets.split(size)))
         for index, (micro_inputs, micro_targets) in enumerate(pieces):
             last = index == len(pieces) - 1
@@ -198,14 +218,15 @@ class MicroBatcher:
             self._synchronising = last and hasattr(self.model, "no_sync")
             with nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync():
                 with self._autocast():
-                    outputs = self.model(micro_inputs)
-                    loss = self.loss_fn(outputs, micro_targets)
+                    loss, micro_sums = self.loss(self.model, micro_inputs, micro_targets)
                 (loss * (len(micro_inputs) * weight_per_sample)).backward()
             loss_sum += loss.detach().double() * len(micro_inputs)
-            correct += _hits(outputs.detach(), micro_targets)
+            for key, value in micro_sums.items():
+                sums[key] = sums[key] + value.detach() if key in sums else value.detach()
         # one device-to-host copy per update, not one per micro-batch
-        return StepResult(loss_sum=loss_sum.item(), correct=int(correct.item()), samples=len(inputs),
-                          micro_batches=len(pieces), micro_batch_size=min(size, len(inputs)))
+        values = torch.stack([loss_sum, *(v.double() for v in sums.values())]).tolist()
+        return StepResult(loss_sum=values[0], samples=len(inputs), micro_batches=len(pieces),
+                          micro_batch_size=min(size, len(inputs)), sums=dict(zip(sums, values[1:])))
 
     # NOTE [empty share]: a rank whose share of the logical batch is empty must still join DDP's
     # all-reduce, or the other ranks wait in it forever. It runs the model on the empty batch and
@@ -213,15 +234,16 @@ class MicroBatcher:
     # as usual, and since the loss weights are n * W / B, the average over ranks is still the whole
     # batch's gradient. Buffers are restored (an empty batch has no statistics). Without DDP there is
     # nothing to synchronise and nothing is computed.
-    def _empty_share(self, inputs: torch.Tensor) -> StepResult:
+    def _empty_share(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
         if not hasattr(self.model, "no_sync"):
-            return StepResult(loss_sum=0.0, correct=0, samples=0, micro_batches=0, micro_batch_size=0)
+            return StepResult(loss_sum=0.0, samples=0, micro_batches=0, micro_batch_size=0)
         buffers = _copy_buffers(self.module)
         with self._autocast():
-            outputs = self.model(self._prepare(inputs.to(self.device)))
-        (outputs.sum() * 0.0).backward()
+            loss, _ = self.loss(self.model, self._prepare(inputs.to(self.device)), targets.to(self.device))
+        # the mean over no samples is NaN, but its gradient reaches no parameter: every one gets a zero
+        (loss.nan_to_num(0.0) * 0.0).backward()
         _restore_buffers(self.module, buffers)
-        return StepResult(loss_sum=0.0, correct=0, samples=0, micro_batches=1, micro_batch_size=0)
+        return StepResult(loss_sum=0.0, samples=0, micro_batches=1, micro_batch_size=0)
 
     def _prepare(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.transform(inputs) if self.transform is not None else inputs
@@ -241,8 +263,8 @@ class MicroBatcher:
         sample = min(len(inputs), max(step, FIRST_CANDIDATE))
         with self._unchanged_state():
             first = self._prepare(inputs[:sample].to(self.device))
-            estimate = estimate_training_memory(self.module, self.loss_fn, first,
-                                                targets[:sample].to(self.device), self._autocast)
+            estimate = estimate_training_memory(self.module, None, first, targets[:sample].to(self.device),
+                                                self._autocast, loss=self.loss)
         if self.memory_budget_bytes is not None:
             limit = largest_micro_batch_size(estimate, self.memory_budget_bytes)
         else:
@@ -265,7 +287,7 @@ class MicroBatcher:
                     _synchronize(self.device)
                     started = time.perf_counter()
                     with self._autocast():
-                        loss = self.loss_fn(self.module(micro_inputs), micro_targets)
+                        loss, _ = self.loss(self.module, micro_inputs, micro_targets)
                     # autograd.grad leaves .grad alone and bypasses DDP's hooks
                     torch.autograd.grad(loss, parameters, allow_unused=True)
                     _synchronize(self.device)
@@ -305,6 +327,14 @@ def _signature(inputs: torch.Tensor, batcher: MicroBatcher) -> tuple:
     return tuple(inputs.shape[1:]), inputs.dtype, batcher.device, batcher.autocast_dtype
 
 
+def _outputs_loss(loss_fn: LossFunction) -> MicroBatchLoss:
+    """The general loss form of ``loss_fn(outputs, targets)``, counting argmax hits as ``"correct"``."""
+    def loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        outputs = model(inputs)
+        return loss_fn(outputs, targets), {"correct": _hits(outputs.detach(), targets)}
+    return loss
+
+
 def _hits(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if outputs.ndim == 2 and targets.ndim == 1 and not targets.is_floating_point():
         return (outputs.argmax(1) == targets).sum()
@@ -339,23 +369,14 @@ def _empty_cache(device: torch.device) -> None:
 
 
 def _check_micro_batch_size(micro_batch_size: object) -> None:
-    if micro_batch_size == "auto":
-        return
-    if not isinstance(micro_batch_size, int) or isinstance(micro_batch_size, bool):
-        raise TypeError(f"micro_batch_size should be a positive integer or 'auto', but got "
-                        f"micro_batch_size={micro_batch_size!r} ({type(micro_batch_size).__name__})")
-    if micro_batch_size <= 0:
-        raise ValueError(f"micro_batch_size should be a positive integer or 'auto', but got "
-                         f"micro_batch_size={micro_batch_size}; use 'auto' to choose it by measurement")
+    if micro_batch_size != "auto":
+        check_positive_int("micro_batch_size", micro_batch_size, "; use 'auto' to choose it by measurement",
+                           alternative=" or 'auto'")
 
 
 def _check_memory_budget(memory_budget_bytes: object, micro_batch_size: int | str) -> None:
-    if not isinstance(memory_budget_bytes, int) or isinstance(memory_budget_bytes, bool):
-        raise TypeError(f"memory_budget_bytes should be a positive integer or None, but got "
-                        f"memory_budget_bytes={memory_budget_bytes!r} ({type(memory_budget_bytes).__name__})")
-    if memory_budget_bytes <= 0:
-        raise ValueError(f"memory_budget_bytes should be a positive integer or None (a fraction of the available "
-                         f"memory), but got memory_budget_bytes={memory_budget_bytes}")
+    check_positive_int("memory_budget_bytes", memory_budget_bytes,
+                       alternative=" or None (a fraction of the available memory)")
     if micro_batch_size != "auto":
         raise ValueError(f"memory_budget_bytes is used only with micro_batch_size='auto', but got "
                          f"micro_batch_size={micro_batch_size}; drop memory_budget_bytes or use 'auto'")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,18 +73,21 @@ class MemoryEstimate:
 # CNN, WRN-16-4); the rest is backward's temporary gradients, covered by SAVED_TENSOR_MARGIN.
 
 
-def estimate_training_memory(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+def estimate_training_memory(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
                              inputs: torch.Tensor, targets: torch.Tensor,
-                             autocast: Callable[[], AbstractContextManager] = nullcontext) -> MemoryEstimate:
+                             autocast: Callable[[], AbstractContextManager] = nullcontext, *,
+                             loss: Callable[[nn.Module, Any, Any], tuple[torch.Tensor, dict]] | None = None,
+                             ) -> MemoryEstimate:
     """Estimate a training step's memory from one forward pass over ``inputs`` (see NOTE [memory]).
 
     The forward pass runs in training mode and updates batch-norm buffers: restore them if that matters.
 
     Args:
         model: the network (not a DDP wrapper).
-        loss_fn: ``loss_fn(outputs, targets)`` -> the mean loss.
+        loss_fn: ``loss_fn(outputs, targets)`` -> the mean loss; or None, with ``loss``.
         inputs, targets: a small batch (a few samples to a few hundred) of the real data, on the model's device.
         autocast: a context manager factory the forward runs under (mixed precision).
+        loss: the general form ``loss(model, inputs, targets)`` -> (mean loss, metric sums), instead of loss_fn.
 
     Returns:
         bytes per sample (saved tensors / batch size, rounded up, with the margin) and fixed bytes.
@@ -101,7 +105,10 @@ def estimate_training_memory(model: nn.Module, loss_fn: Callable[[torch.Tensor, 
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast():
-        loss_fn(model(inputs), targets)
+        if loss is not None:
+            loss(model, inputs, targets)
+        else:
+            loss_fn(model(inputs), targets)
     per_sample = math.ceil(sum(saved.values()) * SAVED_TENSOR_MARGIN / max(len(inputs), 1))
     fixed = STATE_COPIES * sum(p.numel() * p.element_size() for p in parameters)
     return MemoryEstimate(per_sample_bytes=max(per_sample, 1), fixed_bytes=fixed)

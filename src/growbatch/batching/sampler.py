@@ -13,13 +13,18 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import Sampler
 
-from ..checks import check_batch_size, check_dataset_size, check_int
+from ..checks import check_batch_size, check_dataset_size, check_int, check_state_dict
 from ..schedule.schedule import Phase, Schedule
 
 __all__ = ["DynamicBatchSampler", "SAMPLER_VERSION", "as_schedule", "check_cut_position", "derive_seed", "rank_share"]
 
 SAMPLER_VERSION = 1
 _MASK64 = (1 << 64) - 1
+
+
+def read_only(attribute: str, doc: str) -> property:
+    """A public read-only view of a private clock attribute (``epoch`` for ``_epoch``)."""
+    return property(lambda self: getattr(self, attribute), doc=doc)
 
 
 def derive_seed(*values: int) -> int:
@@ -180,20 +185,10 @@ class DynamicBatchSampler(Sampler[list[int]]):
     def drop_last(self) -> bool:
         return self.schedule.drop_last
 
-    @property
-    def epoch(self) -> int:
-        """The epoch on the clock (0-based)."""
-        return self._epoch
-
-    @property
-    def position(self) -> int:
-        """Samples of the current epoch already cut into batches (not necessarily consumed)."""
-        return self._position
-
-    @property
-    def last_global_batch_size(self) -> int:
-        """Global size of the batch cut most recently (0 before the first one)."""
-        return self._last_global_batch_size
+    epoch = read_only("_epoch", "The epoch on the clock (0-based).")
+    position = read_only("_position", "Samples of the current epoch already cut into batches (not necessarily consumed).")
+    last_global_batch_size = read_only("_last_global_batch_size",
+                                       "Global size of the batch cut most recently (0 before the first one).")
 
     def set_epoch(self, epoch: int) -> None:
         """Move the clock to the start of ``epoch``; an iteration in progress stops."""
@@ -295,20 +290,8 @@ class DynamicBatchSampler(Sampler[list[int]]):
             ValueError: the state is from another version or data set size, or its position is not
                 where this schedule cuts a batch.
         """
-        if not isinstance(state, dict):
-            raise TypeError(f"state should be a dict from DynamicBatchSampler.state_dict(), but got {type(state).__name__}")
-        if state.get("version") != SAMPLER_VERSION:
-            raise ValueError(
-                f"sampler state version should be {SAMPLER_VERSION}, but got version={state.get('version')!r}"
-            )
-        if state.get("dataset_size") != self.dataset_size:
-            raise ValueError(
-                f"the state is for dataset_size={state.get('dataset_size')!r}, but this sampler has "
-                f"dataset_size={self.dataset_size}; load a state saved for the same data set"
-            )
-        missing = {"seed", "shuffle", "epoch", "position", "last_global_batch_size"} - state.keys()
-        if missing:
-            raise ValueError(f"the sampler state lacks the keys {sorted(missing)}")
+        check_state_dict(state, owner="DynamicBatchSampler", label="sampler", version=SAMPLER_VERSION, dataset_size=self.dataset_size,
+                         holder="this sampler", keys={"seed", "shuffle", "epoch", "position", "last_global_batch_size"})
         seed = check_int("seed", state["seed"], 0)
         epoch = check_int("epoch", state["epoch"], 0)
         position = check_int("position", state["position"], 0)

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..checks import check_int
+from ..checks import check_int, check_state_dict
 from ..schedule.schedule import Schedule
-from .sampler import DynamicBatchSampler, check_cut_position
+from .sampler import DynamicBatchSampler, check_cut_position, read_only
 
 __all__ = ["BatchSizeScheduler", "SCHEDULER_VERSION"]
 
@@ -137,15 +137,8 @@ class BatchSizeScheduler:
         self._normalise_clock()
         self._apply()
 
-    @property
-    def epoch(self) -> int:
-        """Epoch of the next update's batch."""
-        return self._epoch
-
-    @property
-    def position(self) -> int:
-        """Samples of ``epoch`` cut before the next update's batch."""
-        return self._position
+    epoch = read_only("_epoch", "Epoch of the next update's batch.")
+    position = read_only("_position", "Samples of ``epoch`` cut before the next update's batch.")
 
     def _normalise_clock(self) -> None:
         if self.schedule.next_batch_size(self._epoch, self._position) == 0:
@@ -198,20 +191,8 @@ class BatchSizeScheduler:
             ValueError: the state is from another version or data set size, or its position is not
                 where this schedule cuts a batch.
         """
-        if not isinstance(state, dict):
-            raise TypeError(f"state should be a dict from BatchSizeScheduler.state_dict(), but got {type(state).__name__}")
-        if state.get("version") != SCHEDULER_VERSION:
-            raise ValueError(
-                f"scheduler state version should be {SCHEDULER_VERSION}, but got version={state.get('version')!r}"
-            )
-        if state.get("dataset_size") != self.schedule.dataset_size:
-            raise ValueError(
-                f"the state is for dataset_size={state.get('dataset_size')!r}, but the schedule has "
-                f"dataset_size={self.schedule.dataset_size}; load a state saved for the same data set"
-            )
-        missing = {"last_epoch", "epoch", "position"} - state.keys()
-        if missing:
-            raise ValueError(f"the scheduler state lacks the keys {sorted(missing)}")
+        check_state_dict(state, owner="BatchSizeScheduler", label="scheduler", version=SCHEDULER_VERSION, dataset_size=self.schedule.dataset_size,
+                         holder="the schedule", keys={"last_epoch", "epoch", "position"})
         last_epoch = check_int("last_epoch", state["last_epoch"], 0)
         epoch = check_int("epoch", state["epoch"], 0)
         position = check_int("position", state["position"], 0)

@@ -22,6 +22,11 @@ class DataError(ValueError):
     """A data set's files are missing, corrupt, truncated or not in the expected format."""
 
 
+def _shape_property(array: str, dimension: int, doc: str) -> property:
+    """A size read from an array's shape (``x_train.shape[1]`` is the channel count)."""
+    return property(lambda self: int(getattr(self, array).shape[dimension]), doc=doc)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: tensors have no single truth value
 class ImageDataset:
     """A train and a test split held in memory, with the normalisation and augmentation they call for.
@@ -75,25 +80,10 @@ class ImageDataset:
         if any(value <= 0 for value in self.std):
             raise ValueError(f"std should be positive in every channel, but got std={self.std!r}")
 
-    @property
-    def in_channels(self) -> int:
-        """Channels per image: 1 for grey, 3 for RGB."""
-        return int(self.x_train.shape[1])
-
-    @property
-    def image_size(self) -> int:
-        """Height (= width) of the images in pixels."""
-        return int(self.x_train.shape[2])
-
-    @property
-    def train_size(self) -> int:
-        """Number of training images."""
-        return int(self.x_train.shape[0])
-
-    @property
-    def test_size(self) -> int:
-        """Number of test images."""
-        return int(self.x_test.shape[0])
+    in_channels = _shape_property("x_train", 1, "Channels per image: 1 for grey, 3 for RGB.")
+    image_size = _shape_property("x_train", 2, "Height (= width) of the images in pixels.")
+    train_size = _shape_property("x_train", 0, "Number of training images.")
+    test_size = _shape_property("x_test", 0, "Number of test images.")
 
     def subset(self, train_size: int, *, seed: int = 0) -> ImageDataset:
         """The same data set with ``train_size`` training images drawn without replacement by ``seed``.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .dataset import ImageDataset
-from .mnist import MnistStyle, download_mnist_style, load_mnist_style
+from .mnist import IDX_FILES, MnistStyle, download_mnist_style, load_mnist_style
 
 __all__ = ["SOURCE", "download", "load"]
 
@@ -20,12 +20,9 @@ SOURCE = MnistStyle(
     folder="FashionMNIST",
     npz_names=("fashion_mnist.npz", "fashion-mnist.npz"),
     base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",  # Zalando's official bucket
-    files=(  # MD5s as published by Zalando and used by torchvision
-        ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-        ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
-        ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
-        ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
-    ),
+    # MD5s as published by Zalando and used by torchvision
+    files=tuple(zip(IDX_FILES, ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                                "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"))),
     mean=(0.2860,),
     std=(0.3530,),
 )

@@ -24,6 +24,8 @@ __all__ = ["SOURCE", "MnistStyle", "download", "download_mnist_style", "load", "
 _IMAGE_SHAPE = (1, 28, 28)
 _NUM_CLASSES = 10
 _ROLES = ("x_train", "y_train", "x_test", "y_test")  # the order of MnistStyle.files
+IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+             "t10k-labels-idx1-ubyte.gz")  # the names both MNIST and Fashion-MNIST use
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +55,9 @@ SOURCE = MnistStyle(
     folder="MNIST",
     npz_names=("mnist.npz",),
     base_url="https://ossci-datasets.s3.amazonaws.com/mnist/",  # the mirror torchvision uses
-    files=(  # MD5s as published by torchvision
-        ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-        ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
-        ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
-        ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
-    ),
+    # MD5s as published by torchvision
+    files=tuple(zip(IDX_FILES, ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+                                "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"))),
     mean=(0.1307,),
     std=(0.3081,),
 )

@@ -41,7 +41,7 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
         num_classes: outputs (logits).
         image_size: height = width of the input images.
         ghost_batch_size: if given, every BatchNorm becomes a ghost batch norm that normalises
-            groups of this many samples (``growbatch.ghost_bn.convert_to_ghost_batch_norm``).
+            groups of this many samples (``growbatch.batching.ghost_bn.convert_to_ghost_batch_norm``).
 
     Raises:
         TypeError: a non-str name or a non-integer size.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..checks import check_positive_int
+from .shapes import check_pooled_cnn
 
 __all__ = ["DigitsCNN"]
 
@@ -41,13 +41,7 @@ class DigitsCNN(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 8) -> None:
-        check_positive_int("in_channels", in_channels)
-        check_positive_int("num_classes", num_classes)
-        check_positive_int("image_size", image_size)
-        if image_size % 4:
-            raise ValueError(f"image_size should be a multiple of 4 for the cnn model (two 2x2 max-pools), but got "
-                             f"image_size={image_size}; use 8, 28 or 32, or a model with global pooling "
-                             f"(wrn-16-4, resnet18)")
+        check_pooled_cnn("cnn", in_channels, num_classes, image_size, "8, 28 or 32")
         super().__init__()
         self.features = nn.Sequential(
             *_conv_bn_relu(in_channels, 32), *_conv_bn_relu(32, 32), nn.MaxPool2d(2),

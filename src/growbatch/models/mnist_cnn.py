@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..checks import check_positive_int
+from .shapes import check_pooled_cnn
 
 __all__ = ["MnistCNN"]
 
@@ -36,13 +36,7 @@ class MnistCNN(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> None:
-        check_positive_int("in_channels", in_channels)
-        check_positive_int("num_classes", num_classes)
-        check_positive_int("image_size", image_size)
-        if image_size % 4:
-            raise ValueError(f"image_size should be a multiple of 4 for the mnist-cnn model (two 2x2 max-pools), "
-                             f"but got image_size={image_size}; use 28 or 32, or a model with global pooling "
-                             f"(wrn-16-4, resnet18)")
+        check_pooled_cnn("mnist-cnn", in_channels, num_classes, image_size, "28 or 32")
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 32, 5, padding=2, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),

@@ -242,6 +242,11 @@ def from_lr_function(
             worst = max(worst, abs(got / target - 1.0))
         rows.append((t, new_lr, new_batch))
 
+    return Conversion(Schedule(_phases_of(rows, epochs, momentum), n, drop_last, name), worst)
+
+
+def _phases_of(rows: list[tuple[float, float, int]], epochs: int, momentum: float) -> tuple[Phase, ...]:
+    """Phases from ``(start epoch, lr, batch)`` rows: each row lasts until the next; equal neighbours merge."""
     phases: list[Phase] = []
     for i, (t, new_lr, new_batch) in enumerate(rows):
         end = rows[i + 1][0] if i + 1 < len(rows) else float(epochs)
@@ -249,7 +254,7 @@ def from_lr_function(
             phases[-1] = Phase(phases[-1].start_epoch, end, new_lr, new_batch, momentum)
         else:
             phases.append(Phase(t, end, new_lr, new_batch, momentum))
-    return Conversion(Schedule(tuple(phases), n, drop_last, name), worst)
+    return tuple(phases)
 
 
 def from_lr_scheduler(

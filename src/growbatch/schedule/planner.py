@@ -54,7 +54,7 @@ def convert_lr_schedule(
     """The batch-size schedule at equal noise scale for a cosine or multistep LR schedule.
 
     ``cosine`` anneals ``lr`` to 0 over ``epochs``; ``multistep`` divides it by ``factor``
-    at each of ``milestones``. See :func:`growbatch.builders.from_lr_function`.
+    at each of ``milestones``. See :func:`growbatch.schedule.builders.from_lr_function`.
 
     Raises:
         ValueError: an unknown ``kind``, or any bad value :func:`from_lr_function` rejects.

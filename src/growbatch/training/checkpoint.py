@@ -14,23 +14,17 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomically
+from .settings import compatible_keys
 
 __all__ = ["CHECKPOINT_VERSION", "TEST_PAUSE_ENV", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng",
            "check_compatible"]
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the Trainer's state_dict (tally summed over ranks, metric sums by name)
 
 # NOTE [test-pause]: tests kill a run *during* a checkpoint write. With this variable set to a
 # number of seconds, save_checkpoint writes half of the temporary file, then sleeps that long
 # before writing the rest, so a test can find the half-written .tmp and SIGKILL the process.
 TEST_PAUSE_ENV = "GROWBATCH_TEST_PAUSE_IN_CHECKPOINT"
-
-# Settings that must match for a checkpoint to be continued; others (device, threads,
-# progress, checkpoint frequency, output paths) may change between a run and its resume.
-COMPATIBLE_KEYS = (
-    "dataset", "model", "optimizer", "schedule", "weight_decay", "seed",
-    "ghost_batch_size", "micro_batch_size", "channels_last",
-)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -127,7 +121,7 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path)
         text = repr(value)
         return text if len(text) <= 60 else text[:57] + "..."
 
-    for key in COMPATIBLE_KEYS:
+    for key in compatible_keys():
         found = _first_difference(key, saved.get(key), current.get(key))
         if found:
             name, was, now = found

@@ -8,97 +8,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..atomic import write_json_atomically
 from ..batching.ghost_bn import check_ghost_batch_size
-from ..data import DATASET_NAMES, ImageDataset, load_dataset
-from ..models import MODEL_NAMES
+from ..data import ImageDataset, load_dataset
 from ..schedule.builders import default_max_batch_size, step_schedule
 from ..schedule.schedule import Schedule
 from .distributed import DistInfo, from_main
 from .metrics import read_records
 from .rundir import RunLock, prepare_output_dir
-from .settings import OPTIMIZERS, RunConfig
-from .trainer import CHECKPOINT_NAME, METRICS_NAME, StopFlag, train_run
+from .runfiles import CHECKPOINT_NAME, METRICS_NAME, train_run
+from .settings import EXPERIMENTS, ExperimentConfig, RunConfig
+from .task import ClassificationTask
+from .trainer import Observer, StopFlag
 
 __all__ = ["EXPERIMENTS", "ExperimentConfig", "run_configs", "run_experiment", "SUMMARY_NAME"]
 
-EXPERIMENTS = ("compare", "paper-5.2")
 SUMMARY_NAME = "summary.json"
 MILESTONE_FRACTIONS = (0.3, 0.6, 0.8)  # the paper's 60/120/160 of 200 epochs
-DEFAULT_MODEL = {"digits": "cnn", "mnist": "mnist-cnn", "fashion-mnist": "mnist-cnn", "cifar10": "wrn-16-4"}
-DEFAULT_EPOCHS = {"digits": 30, "mnist": 6, "fashion-mnist": 6, "cifar10": 200}
 DEFAULT_LR = {"sgd": 1.0, "momentum": 0.1, "nesterov": 0.1, "adam": 1e-3}  # sgd: same eps/(1-m) as momentum 0.9
 PAPER_UPDATES_PER_EPOCH = 50_000 / 128  # the paper's N/B0 on CIFAR-10
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """An experiment: several schedules x optimizers x seeds on one data set and model."""
-
-    experiment: str = "compare"
-    dataset: str = "digits"
-    data_dir: str | None = None
-    model: str | None = None  # None: the data set's default
-    optimizers: tuple[str, ...] = ("momentum",)
-    epochs: int | None = None  # None: the data set's default
-    seeds: tuple[int, ...] = (0,)
-    batch_size: int | None = None  # initial global batch; None: suited to the data set size
-    lr: float | None = None  # None: per optimizer
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    max_batch_size: int | None = None  # None: N/10
-    factor: float = 5.0
-    micro_batch_size: int | str = "auto"
-    ghost_batch_size: int | None = None  # None: the schedule's initial batch; 0: plain batch norm
-    device: str = "auto"
-    channels_last: bool = False
-    checkpoint_every: int | None = None
-    train_size: int | None = None  # None: the whole training split; else a class-balanced subset (seed 0)
-
-    def __post_init__(self) -> None:
-        def one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
-            if value not in valid:
-                raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
-        one_of("experiment", self.experiment, EXPERIMENTS)
-        one_of("dataset", self.dataset, DATASET_NAMES)
-        if self.model is not None:
-            one_of("model", self.model, MODEL_NAMES)
-        if not self.optimizers:
-            raise ValueError(f"optimizers should name at least one of {', '.join(OPTIMIZERS)}")
-        for name in self.optimizers:
-            one_of("optimizer", name, OPTIMIZERS)
-        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs <= 0):
-            raise ValueError(f"epochs should be a positive integer, but got epochs={self.epochs!r}")
-        if self.train_size is not None and (isinstance(self.train_size, bool) or not isinstance(self.train_size, int)
-                                            or self.train_size <= 0):
-            raise ValueError(f"train_size should be a positive integer, but got train_size={self.train_size!r}")
-        if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
-            raise ValueError(f"seeds should be non-negative integers, but got seeds={list(self.seeds)}")
-        if len(set(self.seeds)) != len(self.seeds) or len(set(self.optimizers)) != len(self.optimizers):
-            raise ValueError("seeds and optimizers should not repeat")
-        if self.experiment == "paper-5.2" and "sgd" in self.optimizers:
-            raise ValueError("paper-5.2 scales the momentum coefficient, so optimizer sgd (no momentum) does not "
-                             "apply; use momentum, nesterov or adam")
-
-    @property
-    def resolved_model(self) -> str:
-        return self.model or DEFAULT_MODEL[self.dataset]
-
-    @property
-    def resolved_epochs(self) -> int:
-        return self.epochs or DEFAULT_EPOCHS[self.dataset]
-
-    def manifest(self) -> dict:
-        """What identifies the experiment in its output directory (not where or how fast it runs)."""
-        data = asdict(self)
-        for key in ("data_dir", "device", "checkpoint_every"):
-            data.pop(key)
-        data["optimizers"], data["seeds"] = list(self.optimizers), list(self.seeds)
-        data["model"], data["epochs"] = self.resolved_model, self.resolved_epochs
-        return data
 
 
 def default_batch_size(dataset_size: int, cap: int) -> int:
@@ -145,13 +75,9 @@ def run_configs(config: ExperimentConfig, dataset_size: int) -> list[RunConfig]:
         ghost = None if config.ghost_batch_size == 0 else (config.ghost_batch_size or base_batch)
         for schedule_name, schedule in schedules.items():
             for seed in config.seeds:
-                runs.append(RunConfig(
-                    name=f"{schedule_name}-{optimizer}-seed{seed}", schedule=schedule, dataset=config.dataset,
-                    data_dir=config.data_dir, model=config.resolved_model, optimizer=optimizer,
-                    weight_decay=config.weight_decay, seed=seed, micro_batch_size=config.micro_batch_size,
-                    ghost_batch_size=ghost, device=config.device, channels_last=config.channels_last,
-                    checkpoint_every=config.checkpoint_every,
-                ))
+                runs.append(RunConfig(name=f"{schedule_name}-{optimizer}-seed{seed}", schedule=schedule,
+                                      model=config.resolved_model, optimizer=optimizer, seed=seed,
+                                      ghost_batch_size=ghost, settings=config.run_settings()))
     return runs
 
 
@@ -183,7 +109,7 @@ def run_experiment(
     resume: bool = False,
     force: bool = False,
     stop: StopFlag | None = None,
-    progress: bool = True,
+    observer: Observer | None = None,
     dataset: ImageDataset | None = None,
     on_run: Callable[[RunConfig], None] | None = None,
 ) -> dict:
@@ -204,8 +130,8 @@ def run_experiment(
 
     def prepare() -> bool:
         for run in runs:  # fail before the first run trains, and once rather than on every rank
-            if run.ghost_batch_size and isinstance(run.micro_batch_size, int):
-                check_ghost_batch_size(run.ghost_batch_size, run.micro_batch_size)
+            if run.ghost_batch_size and isinstance(run.settings.micro_batch_size, int):
+                check_ghost_batch_size(run.ghost_batch_size, run.settings.micro_batch_size)
         if out.is_dir():
             lock.acquire()  # first: a directory in use is refused as such, whatever it holds
         try:
@@ -224,14 +150,15 @@ def run_experiment(
             write_json_atomically(out / "experiment.json", manifest)
         summary = {"experiment": config.experiment, "dataset": config.dataset, "model": config.resolved_model,
                    "dataset_size": dataset.train_size, "world_size": info.world_size, "runs": []}
+        task = ClassificationTask(dataset)
         for run in runs:
             run_dir = out / run.name
             if on_run is not None:
                 on_run(run)
             records, finished, resume_run = from_main(lambda: _run_state(run, run_dir, continuing or resume, force))
             if not finished:
-                records = list(train_run(run, dataset, run_dir, info=info, resume=resume_run,
-                                         stop=stop, progress=progress))
+                records = list(train_run(run, task, run_dir, info=info, resume=resume_run, stop=stop,
+                                         observer=observer))
             summary["runs"].append(_summary_row(run, records))
             if info.is_main:
                 write_json_atomically(out / SUMMARY_NAME, summary)

@@ -11,13 +11,7 @@ from pathlib import Path
 
 from ..atomic import write_bytes_atomically
 
-__all__ = ["METRIC_KEYS", "append_record", "read_records", "write_records"]
-
-METRIC_KEYS = (
-    "epoch", "updates", "samples", "wall_s", "lr", "batch_size", "momentum",
-    "train_loss", "train_acc", "test_loss", "test_acc", "allreduces", "allreduce_s", "micro_batch_size",
-)
-
+__all__ = ["append_record", "read_records", "write_records"]
 
 def append_record(path: Path, record: dict) -> None:
     """Append one record as a line and make it durable before returning."""

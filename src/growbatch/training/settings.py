@@ -1,53 +1,231 @@
-"""Frozen configurations: one training run, and an experiment of several runs. The CLI builds them."""
+"""Run settings, each declared once as a dataclass field with its type, default and help.
+
+The CLI flags (``growbatch run``), ``config.json``, the resume compatibility check and the
+experiment manifest are all derived from these fields and their metadata (see :func:`setting`):
+adding a setting means adding one field here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..checks import check_number, check_positive_int
+from ..data import DATASET_NAMES
+from ..models import MODEL_NAMES
 from ..schedule.schedule import Schedule
 
-__all__ = ["OPTIMIZERS", "RunConfig"]
+__all__ = ["OPTIMIZERS", "EXPERIMENTS", "RunSettings", "ExperimentConfig", "RunConfig", "setting", "flag_settings",
+           "compatible_keys", "positive_int", "int_list", "name_list", "micro_batch_size_text"]
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+EXPERIMENTS = ("compare", "paper-5.2")
+DEFAULT_MODEL = {"digits": "cnn", "mnist": "mnist-cnn", "fashion-mnist": "mnist-cnn", "cifar10": "wrn-16-4"}
+DEFAULT_EPOCHS = {"digits": 30, "mnist": 6, "fashion-mnist": 6, "cifar10": 200}
+
+
+# -- the text form of settings (a flag's value); each raises ValueError with the message a user sees --------
+def positive_int(text: str) -> int:
+    """``"64"`` -> 64; zero, negatives and non-integers are refused."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"expected a positive integer, got {value}")
+    return value
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> (0, 1, 2)."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise ValueError("expected at least one integer")
+    return values
+
+
+def name_list(valid: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    """A parser of comma-separated names from ``valid``: ``"sgd,adam"`` -> ("sgd", "adam")."""
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(v.strip() for v in text.split(",") if v.strip())
+        bad = [n for n in names if n not in valid]
+        if bad or not names:
+            raise ValueError(f"unknown {', '.join(bad) or 'empty list'}; valid: {', '.join(valid)}")
+        return names
+    return parse
+
+
+def micro_batch_size_text(text: str) -> int | str:
+    """``"auto"`` or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except ValueError:
+        raise ValueError(f"micro-batch size should be a positive integer or 'auto', got {text!r}") from None
+
+
+def setting(default: Any, help: str, *, parse: Callable[[str], Any] | None = None, choices: tuple | None = None,
+            flag: bool = True, resume: str = "match", manifest: bool = True) -> Any:
+    """A settings field: its default and help text, how its flag parses, and what it means for a run.
+
+    Args:
+        default: the value when the flag is not given.
+        help: the flag's help text (also documents the field).
+        parse: turns the flag's text into the value (argparse's ``type``); None for a plain string,
+            or an on/off switch where the default is ``False``.
+        choices: the valid values of the flag.
+        flag: whether ``growbatch run`` has a flag for it (``--name-with-dashes``).
+        resume: ``"match"`` if a checkpoint may only be continued with the same value; ``"free"`` if
+            it may change between a run and its resume (where or how fast it runs).
+        manifest: whether it identifies the experiment in its output directory.
+    """
+    if resume not in ("match", "free"):
+        raise ValueError(f"resume should be 'match' or 'free', but got resume={resume!r}")
+    metadata = {"help": help, "parse": parse, "choices": choices, "flag": flag, "resume": resume,
+                "manifest": manifest}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The settings that every run of an experiment takes over unchanged."""
+
+    dataset: str = setting("digits", "data set to train on", choices=DATASET_NAMES)
+    data_dir: str | None = setting(None, "where the data set files are (npz or torchvision layout)",
+                                   resume="free", manifest=False)
+    weight_decay: float = setting(5e-4, "L2 weight decay", parse=float)
+    micro_batch_size: int | str = setting("auto", "samples per forward pass, or auto (measured)",
+                                          parse=micro_batch_size_text)
+    device: str = setting("auto", "where to train", choices=("auto", "cpu", "cuda"), resume="free", manifest=False)
+    channels_last: bool = setting(False, "channels-last memory format for images")
+    checkpoint_every: int | None = setting(None, "also checkpoint every K updates", parse=positive_int,
+                                           resume="free", manifest=False)
+    eval_batch_size: int = setting(1024, "samples per evaluation pass", flag=False, resume="free", manifest=False)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASET_NAMES:
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASET_NAMES)}")
+        check_number("weight_decay", self.weight_decay)
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay should be >= 0, but got weight_decay={self.weight_decay}")
+        if self.checkpoint_every is not None:
+            check_positive_int("checkpoint_every", self.checkpoint_every)
+
+    def run_settings(self) -> RunSettings:
+        """These settings alone (an ExperimentConfig's share for its runs)."""
+        return RunSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RunSettings)})
+
+
+@dataclass(frozen=True)
+class ExperimentConfig(RunSettings):
+    """An experiment: several schedules x optimizers x seeds on one data set and model."""
+
+    experiment: str = setting("compare", "compare (§5.1) or paper-5.2 (§5.2)", choices=EXPERIMENTS, flag=False)
+    model: str | None = setting(None, "the network (default: suited to the data set)", choices=MODEL_NAMES)
+    optimizers: tuple[str, ...] = setting(("momentum",), f"comma-separated: {','.join(OPTIMIZERS)}",
+                                          parse=name_list(OPTIMIZERS))
+    epochs: int | None = setting(None, "epochs per run; milestones are rescaled to it (default per data set)",
+                                 parse=positive_int)
+    seeds: tuple[int, ...] = setting((0,), "comma-separated seeds, e.g. 0,1,2", parse=int_list)
+    batch_size: int | None = setting(None, "initial global batch (default: suited to the data set size)",
+                                     parse=positive_int)
+    lr: float | None = setting(None, "initial learning rate (default per optimizer)", parse=float)
+    momentum: float = setting(0.9, "momentum (Adam's beta1)", parse=float)
+    max_batch_size: int | None = setting(None, "batch cap; past it the lr falls (default N/10)", parse=positive_int)
+    factor: float = setting(5.0, "noise-scale step at each milestone", parse=float)
+    ghost_batch_size: int | None = setting(
+        None, "ghost batch norm size (default: the initial batch size; 0 turns ghost BN off)", parse=int)
+    train_size: int | None = setting(
+        None, "train on a class-balanced subset of this many images (the test set stays whole)", parse=positive_int)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+
+        def one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
+            if value not in valid:
+                raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        one_of("experiment", self.experiment, EXPERIMENTS)
+        if self.model is not None:
+            one_of("model", self.model, MODEL_NAMES)
+        if not self.optimizers:
+            raise ValueError(f"optimizers should name at least one of {', '.join(OPTIMIZERS)}")
+        for name in self.optimizers:
+            one_of("optimizer", name, OPTIMIZERS)
+        for name in ("epochs", "train_size"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
+        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ValueError(f"seeds should be non-negative integers, but got seeds={list(self.seeds)}")
+        if len(set(self.seeds)) != len(self.seeds) or len(set(self.optimizers)) != len(self.optimizers):
+            raise ValueError("seeds and optimizers should not repeat")
+        if self.experiment == "paper-5.2" and "sgd" in self.optimizers:
+            raise ValueError("paper-5.2 scales the momentum coefficient, so optimizer sgd (no momentum) does not "
+                             "apply; use momentum, nesterov or adam")
+        if self.ghost_batch_size is not None and (self.ghost_batch_size < 0 or isinstance(self.ghost_batch_size, bool)):
+            raise ValueError(f"--ghost-batch-size should be a positive integer (or 0 for plain batch norm), "
+                             f"but got {self.ghost_batch_size}")
+
+    @property
+    def resolved_model(self) -> str:
+        return self.model or DEFAULT_MODEL[self.dataset]
+
+    @property
+    def resolved_epochs(self) -> int:
+        return self.epochs or DEFAULT_EPOCHS[self.dataset]
+
+    def manifest(self) -> dict[str, Any]:
+        """What identifies the experiment in its output directory (not where or how fast it runs)."""
+        data = {f.name: _json_value(getattr(self, f.name)) for f in dataclasses.fields(self) if f.metadata["manifest"]}
+        return {**data, "model": self.resolved_model, "epochs": self.resolved_epochs}
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything one training run depends on."""
+    """Everything one training run depends on: its schedule, model, optimizer and seed, and the shared settings."""
 
     name: str
     schedule: Schedule
-    dataset: str = "digits"
-    data_dir: str | None = None
     model: str = "cnn"
     optimizer: str = "momentum"  # sgd | momentum | nesterov | adam (momentum is Adam's beta1)
-    weight_decay: float = 5e-4
     seed: int = 0
-    micro_batch_size: int | str = "auto"  # samples per forward pass, or "auto" (measured)
     ghost_batch_size: int | None = None  # samples per ghost batch-norm batch; None: plain BN
-    device: str = "auto"
-    channels_last: bool = False
-    checkpoint_every: int | None = None  # updates between mid-epoch checkpoints; None: per epoch only
-    eval_batch_size: int = 1024
+    settings: RunSettings = field(default_factory=RunSettings)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer should be one of {', '.join(OPTIMIZERS)}, but got optimizer={self.optimizer!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay should be >= 0, but got weight_decay={self.weight_decay}")
-        if self.checkpoint_every is not None and (not isinstance(self.checkpoint_every, int) or self.checkpoint_every <= 0):
-            raise ValueError(f"checkpoint_every should be a positive number of updates, but got {self.checkpoint_every!r}")
         if self.optimizer == "sgd" and any(p.momentum for p in self.schedule.phases):
             raise ValueError("optimizer=sgd has no momentum, but the schedule sets momentum > 0; use momentum or nesterov")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe settings (the schedule as its own dict)."""
-        return {
-            "name": self.name, "dataset": self.dataset, "data_dir": self.data_dir, "model": self.model,
-            "optimizer": self.optimizer, "schedule": self.schedule.to_dict(),
-            "weight_decay": self.weight_decay, "seed": self.seed,
-            "micro_batch_size": self.micro_batch_size, "ghost_batch_size": self.ghost_batch_size,
-            "device": self.device, "channels_last": self.channels_last,
-            "checkpoint_every": self.checkpoint_every, "eval_batch_size": self.eval_batch_size,
-        }
+        """JSON-safe settings (the schedule as its own dict), as written to ``config.json``."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "settings"}
+        own["schedule"] = self.schedule.to_dict()
+        return {**own, **{name: _json_value(getattr(self.settings, name)) for name in _RUN_SETTING_NAMES}}
+
+
+_RUN_SETTING_NAMES = tuple(f.name for f in dataclasses.fields(RunSettings))
+# NOTE [run-defined]: these are decided per run (a schedule, a seed) or resolved from the experiment
+# (model, ghost size); they always have to match for a checkpoint to continue.
+_RUN_DEFINED = ("model", "optimizer", "schedule", "seed", "ghost_batch_size")
+
+
+def compatible_keys() -> tuple[str, ...]:
+    """The ``config.json`` keys that must be equal for a checkpoint to be continued."""
+    shared = tuple(f.name for f in dataclasses.fields(RunSettings) if f.metadata["resume"] == "match")
+    return _RUN_DEFINED + shared
+
+
+def flag_settings() -> list[dataclasses.Field]:
+    """The ExperimentConfig fields that ``growbatch run`` has a flag for, in declaration order."""
+    return [f for f in dataclasses.fields(ExperimentConfig) if f.metadata["flag"]]
+
+
+def _json_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

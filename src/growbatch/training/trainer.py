@@ -1,52 +1,36 @@
-"""The training loop: one run of a RunConfig, one update per logical batch, metrics per epoch.
+"""The Trainer: one run of a RunConfig on a Task, one update per logical batch, a metrics record per epoch.
 
-Resumable from any checkpoint (per epoch, or every K updates), stoppable by a signal,
-guarded against divergence, and the same on one process or many (DDP via torchrun).
+Its parts are attributes and its counters one dataclass, so :meth:`Trainer.state_dict` holds everything
+a resume needs. Checkpoint files, progress and signals are composed around it (``train_run``).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from .. import __version__
-from ..atomic import write_json_atomically
-from ..batching.loader import TensorLoader
 from ..batching.microbatch import MicroBatcher
 from ..batching.scheduler import BatchSizeScheduler
-from ..data import ImageDataset
-from ..models import build_model
-from .checkpoint import (
-    capture_rng,
-    check_compatible,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-)
+from .checkpoint import capture_rng, restore_rng
 from .distributed import (
     AllReduceStats,
     DistInfo,
     average_buffers,
-    from_main,
     sum_over_ranks,
     warn_if_ghosts_split,
     wrap_ddp,
 )
-from .metrics import append_record, write_records
 from .settings import RunConfig
+from .task import Task
 
-__all__ = ["train_run", "DivergenceError", "Interrupted", "StopFlag", "CHECKPOINT_NAME", "METRICS_NAME"]
-
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_NAME = "metrics.jsonl"
-CONFIG_NAME = "config.json"
+__all__ = ["Trainer", "TrainerState", "EpochTally", "Observer", "StopFlag", "DivergenceError", "Interrupted",
+           "build_optimizer"]
 
 
 class DivergenceError(RuntimeError):
@@ -59,269 +43,237 @@ class Interrupted(RuntimeError):
 
 @dataclass
 class StopFlag:
-    """Set by a signal handler; the loop checks it after every update."""
+    """Set by a signal handler; the Trainer checks it after every update."""
 
     requested: bool = False
     signal_name: str = ""
 
 
+class Observer(Protocol):
+    """Progress for a person: told when an epoch starts, after each update and when an epoch's record is written."""
+
+    def epoch_started(self, run: RunConfig, epoch: int, updates_in_epoch: int) -> None: ...
+
+    def update_done(self, trainer: Trainer) -> None: ...
+
+    def epoch_ended(self, run: RunConfig, record: dict) -> None: ...
+
+
 @dataclass
-class _Tally:
-    """Training loss and accuracy summed over the samples of the current epoch (this rank)."""
+class EpochTally:
+    """The training loss and metric sums of the current epoch, on this rank."""
 
     loss_sum: float = 0.0
-    correct: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
     samples: int = 0
     micro_batch_size: int = 0  # the largest micro-batch of the epoch (this rank)
 
 
 @dataclass
-class _State:
+class TrainerState:
+    """The counters of a run: where it is on the sample clock, the epoch's tally and the records so far."""
+
     epoch: int = 0
     updates: int = 0
     samples: int = 0
     wall_s: float = 0.0
-    tally: _Tally = field(default_factory=_Tally)
-    records: list = field(default_factory=list)
+    tally: EpochTally = field(default_factory=EpochTally)
+    records: list[dict] = field(default_factory=list)
+    last_epoch: int = 0  # of the latest update, for messages
+    last_lr: float = 0.0
+    last_batch_size: int = 0
 
 
-def _optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    first = config.schedule.phases[0]
+def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (plain, momentum, Nesterov) or Adam, at the schedule's first lr and momentum."""
+    first, weight_decay = config.schedule.phases[0], config.settings.weight_decay
     if config.optimizer == "adam":
         # NOTE [adam-momentum]: the schedule's momentum is Adam's beta1, as in the paper's §5.1 Adam runs.
         return torch.optim.Adam(model.parameters(), lr=first.lr, betas=(first.momentum, 0.999),
-                                weight_decay=config.weight_decay)
+                                weight_decay=weight_decay)
     return torch.optim.SGD(model.parameters(), lr=first.lr, momentum=first.momentum,
-                           nesterov=config.optimizer == "nesterov" and first.momentum > 0,
-                           weight_decay=config.weight_decay)
+                           nesterov=config.optimizer == "nesterov" and first.momentum > 0, weight_decay=weight_decay)
 
 
-def _evaluate(model: nn.Module, dataset: ImageDataset, config: RunConfig, info: DistInfo,
-              normalize: Callable[[torch.Tensor], torch.Tensor]) -> tuple[float, float]:
-    """Test loss and accuracy over the whole test set, sharded contiguously over ranks."""
-    n = len(dataset.y_test)
-    start, stop = n * info.rank // info.world_size, n * (info.rank + 1) // info.world_size
-    loss_sum, correct = 0.0, 0
-    model.eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=info.device.type == "cuda")
-    with torch.no_grad(), autocast:
-        for i in range(start, stop, config.eval_batch_size):
-            j = min(stop, i + config.eval_batch_size)
-            x = normalize(dataset.x_test[i:j].to(info.device))
-            y = dataset.y_test[i:j].to(info.device)
-            out = model(x)
-            loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum").item()
-            correct += int((out.argmax(1) == y).sum().item())
-    model.train()
-    total_loss, total_correct = sum_over_ranks([loss_sum, float(correct)], info.device)
-    return total_loss / n, total_correct / n
+class Trainer:
+    """Train ``task`` on ``config``'s schedule: model, optimizer, loader, schedulers and micro-batcher as attributes.
 
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def train_run(
-    config: RunConfig,
-    dataset: ImageDataset,
-    run_dir: Path,
-    *,
-    info: DistInfo,
-    resume: bool = False,
-    stop: StopFlag | None = None,
-    progress: bool = True,
-) -> Iterator[dict]:
-    """Train one run, yielding every epoch's metrics record: first those restored from a
-    checkpoint, then each new one as it is written.
-
-    ``run_dir`` receives ``config.json``, ``metrics.jsonl`` (one flushed line per epoch) and
-    ``checkpoint.pt``. With ``resume`` an existing checkpoint is continued exactly.
-
-    Raises:
-        DivergenceError: the training loss became NaN or infinite.
-        Interrupted: ``stop`` was set; a checkpoint was written first.
+    Args:
+        config: the run's settings and schedule.
+        task: what is trained (model, loss and metric sums, evaluation).
+        info: rank, world size and device; under DDP the model is wrapped and gradients all-reduced once per update.
+        stop: checked after every update; when set, :meth:`epochs` checkpoints and raises :class:`Interrupted`.
+        observer: told of epochs and updates (progress bars, per-epoch lines).
     """
-    stop = stop or StopFlag()
-    run_dir = Path(run_dir)
-    schedule = config.schedule
-    if schedule.dataset_size != dataset.train_size:
-        raise ValueError(f"the schedule is for {schedule.dataset_size} samples, but {dataset.name} has "
-                         f"{dataset.train_size} training samples")
-    checkpoint_path = run_dir / CHECKPOINT_NAME
-    metrics_path = run_dir / METRICS_NAME
-    def load() -> dict | None:
-        if not (resume and checkpoint_path.exists()):
-            return None
-        state = load_checkpoint(checkpoint_path)
-        check_compatible(state["config"], config.to_dict(), checkpoint_path)
-        return state
 
-    # rank 0 reads the checkpoint and hands it to the others (NOTE [rank 0 decides] in experiments.py);
-    # it is rank-independent, so a run resumes on any number of processes
-    saved = from_main(load)
+    def __init__(self, config: RunConfig, task: Task, info: DistInfo, *, stop: StopFlag | None = None,
+                 observer: Observer | None = None) -> None:
+        if config.schedule.dataset_size != task.train_size:
+            raise ValueError(f"the schedule is for {config.schedule.dataset_size} samples, but the task has "
+                             f"{task.train_size} training samples")
+        self.config, self.task, self.info = config, task, info
+        self.stop, self.observer = stop or StopFlag(), observer
+        torch.manual_seed(config.seed)
+        self.model = task.build_model(config).to(info.device)
+        self.optimizer = build_optimizer(config, self.model)
+        self.loader = task.train_loader(config.schedule, config, info)
+        workers = getattr(self.loader, "num_workers", 0)
+        if workers:  # the sampler's position would run ahead of the updates, and a checkpoint would skip batches
+            raise ValueError(f"the task's DataLoader has num_workers={workers}: its workers prefetch batches, so a "
+                             "checkpoint would record a sampler position ahead of the updates; use num_workers=0 "
+                             "or a TensorLoader")
+        self.scheduler = BatchSizeScheduler(self.loader, self.optimizer, config.schedule)
+        if info.is_main:
+            warn_if_ghosts_split(config.schedule, config.ghost_batch_size, info.world_size)
+        self.allreduce = AllReduceStats()
+        self.ddp_model = wrap_ddp(self.model, info, self.allreduce)
+        # NOTE [bf16]: on CUDA the forward passes run under bf16 autocast; the CPU stays in float32 (exact resumes)
+        self.micro = MicroBatcher(self.ddp_model, loss=task.loss, micro_batch_size=config.settings.micro_batch_size,
+                                  device=info.device,
+                                  autocast_dtype=torch.bfloat16 if info.device.type == "cuda" else None)
+        self.state = TrainerState(last_lr=self.scheduler.get_last_lr()[0])
 
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, in_channels=dataset.in_channels, num_classes=dataset.num_classes,
-                        image_size=dataset.image_size, ghost_batch_size=config.ghost_batch_size).to(info.device)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = _optimizer(config, model)
-    loader = TensorLoader(
-        dataset.x_train, dataset.y_train, schedule, mean=dataset.mean, std=dataset.std,
-        crop_padding=4 if dataset.augment else 0, flip=dataset.augment, seed=config.seed,
-        rank=info.rank, world_size=info.world_size, device=info.device, channels_last=config.channels_last,
-        normalize_batches=False,  # uint8 logical batches; each micro-batch is normalised on its own
-    )
-    scheduler = BatchSizeScheduler(loader, optimizer, schedule)
-    if info.is_main:
-        warn_if_ghosts_split(schedule, config.ghost_batch_size, info.world_size)
-    stats = AllReduceStats()
-    ddp_model = wrap_ddp(model, info, stats)
-    # NOTE [bf16]: on CUDA the forward passes run under bf16 autocast; the CPU stays in float32 (exact resumes)
-    autocast_dtype = torch.bfloat16 if info.device.type == "cuda" else None
-    micro = MicroBatcher(ddp_model, nn.functional.cross_entropy, micro_batch_size=config.micro_batch_size,
-                         device=info.device, autocast_dtype=autocast_dtype, transform=loader.normalize)
-    state = _State()
-    last_epoch, last_lr, last_batch = 0, scheduler.get_last_lr()[0], 0  # of the latest update, for messages
-
-    if saved is not None:
-        try:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            loader.load_state_dict(saved["loader"])
-            stats.load_state_dict(saved["allreduce"])
-            c = saved["counters"]
-            state = _State(c["epoch"], c["updates"], c["samples"], c["wall_s"], _Tally(**saved["tally"]),
-                           list(saved["records"]))
-            if "micro" in saved:  # older checkpoints hold no micro-batch measurements
-                micro.load_state_dict(saved["micro"])
-            restore_rng(saved["rng"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            # a checkpoint whose settings match but whose contents do not (edited, or another version's)
-            detail = " ".join(str(err).split())
-            raise ValueError(f"checkpoint {checkpoint_path} does not fit run {config.name} "
-                             f"({type(err).__name__}: {detail[:200]}); delete it to start this run over, "
-                             "or use --force") from None
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(run_dir / CONFIG_NAME, {**config.to_dict(), "growbatch_version": __version__,
-                                                  "git_commit": _git_commit(), "world_size": info.world_size})
-        # the checkpoint is the truth: drop epochs written after it (and any torn line)
-        if saved is not None or metrics_path.exists():
-            write_records(metrics_path, state.records)
-
-    def save() -> None:
-        average_buffers(model)
-        # a checkpoint is only written with finite weights, so the last one kept is always a good one
-        bad = _non_finite_state(model, optimizer)
-        if bad is not None:
-            raise DivergenceError(
-                f"run {config.name}: {bad} became inf or NaN by update {state.updates} in epoch "
-                f"{_epoch_of(last_epoch, schedule.epochs)} (lr={last_lr:g}, batch_size={last_batch}); "
-                f"{_kept(checkpoint_path)}")
-        if not info.is_main:
-            return
-        save_checkpoint(checkpoint_path, {
-            "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "loader": loader.state_dict(), "rng": capture_rng(),
-            "allreduce": stats.state_dict(), "micro": micro.state_dict(), "records": state.records,
+    # -- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs; the epoch's tally summed over ranks, so it resumes on any number of them."""
+        tally = self.state.tally
+        keys = sorted(tally.sums)
+        totals = sum_over_ranks([tally.loss_sum, float(tally.samples), *(tally.sums[k] for k in keys)], self.info.device)
+        state = self.state
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "loader": self.loader.batch_sampler.state_dict(),
+            "micro": self.micro.state_dict(), "allreduce": self.allreduce.state_dict(), "rng": capture_rng(),
             "counters": {"epoch": state.epoch, "updates": state.updates, "samples": state.samples,
-                         "wall_s": state.wall_s},
-            "tally": {"loss_sum": state.tally.loss_sum, "correct": state.tally.correct,
-                      "samples": state.tally.samples, "micro_batch_size": state.tally.micro_batch_size},
-        })
+                         "wall_s": state.wall_s, "last_epoch": state.last_epoch, "last_lr": state.last_lr,
+                         "last_batch_size": state.last_batch_size},
+            "tally": {"loss_sum": totals[0], "samples": int(totals[1]), "sums": dict(zip(keys, totals[2:])),
+                      "micro_batch_size": tally.micro_batch_size},
+            "records": list(state.records),
+        }
 
-    def normalize(x: torch.Tensor) -> torch.Tensor:
-        return loader.normalize(x)
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; rank 0 takes the saved tally (the sum over ranks), the others start at 0."""
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.loader.batch_sampler.load_state_dict(saved["loader"])
+        self.micro.load_state_dict(saved["micro"])
+        self.allreduce.load_state_dict(saved["allreduce"])
+        tally = EpochTally(**saved["tally"]) if self.info.is_main else EpochTally()
+        self.state = TrainerState(**saved["counters"], tally=tally, records=list(saved["records"]))
+        restore_rng(saved["rng"])
 
-    yield from list(state.records)
-    model.train()
-    while state.epoch < schedule.epochs:
-        epoch = state.epoch
-        if loader.epoch != epoch:
-            loader.set_epoch(epoch)
-        bar = _progress_bar(progress and info.is_main, len(loader), f"{config.name} epoch {epoch + 1}/{schedule.epochs}")
+    # -- training -------------------------------------------------------------------------
+    def train_update(self, inputs: Any, targets: Any) -> None:
+        """One update on this rank's share of a logical batch: micro-batched gradients, checked, applied."""
+        global_batch = self.loader.batch_sampler.last_global_batch_size
+        self.optimizer.zero_grad(set_to_none=True)
+        result = self.micro.backward(inputs, targets, global_batch_size=global_batch, world_size=self.info.world_size)
+        loss_sum, bad = sum_over_ranks([result.loss_sum, float(not math.isfinite(result.loss_sum))], self.info.device)
+        lr = self.scheduler.get_last_lr()[0]
+        if bad or not math.isfinite(loss_sum):  # before optimizer.step: the weights stay as checkpointed
+            raise DivergenceError(
+                f"run {self.config.name}: the training loss became {loss_sum} at update {self.state.updates + 1} in "
+                f"epoch {self._epoch_text(self.state.epoch)} (lr={lr:g}, batch_size={global_batch})")
+        self.optimizer.step()
+        self.scheduler.step()
+        state, tally = self.state, self.state.tally
+        state.last_epoch, state.last_lr, state.last_batch_size = state.epoch, lr, global_batch
+        state.updates += 1
+        state.samples += global_batch
+        tally.loss_sum += result.loss_sum
+        for key, value in result.sums.items():
+            tally.sums[key] = tally.sums.get(key, 0.0) + value
+        tally.samples += result.samples
+        tally.micro_batch_size = max(tally.micro_batch_size, result.micro_batch_size)
+
+    def epochs(self, checkpoint: Callable[[], None], write: Callable[[dict], None] | None = None) -> Iterator[dict]:
+        """Train the remaining epochs, yielding each epoch's record once ``checkpoint()`` has saved the run and
+        ``write(record)`` has stored the record (in this order: metrics never run ahead of the checkpoint).
+
+        ``checkpoint`` is also called every ``checkpoint_every`` updates and when a stop is requested.
+
+        Raises:
+            DivergenceError: the loss, the weights or the optimizer state became inf or NaN.
+            Interrupted: ``stop`` was set; ``checkpoint()`` ran first.
+        """
+        self.model.train()
+        while self.state.epoch < self.config.schedule.epochs:
+            since = self.train_epoch(checkpoint)
+            record = self.end_epoch(since)
+            checkpoint()
+            if write is not None:
+                write(record)
+            if self.observer is not None:
+                self.observer.epoch_ended(self.config, record)
+            yield record
+
+    def train_epoch(self, checkpoint: Callable[[], None]) -> float:
+        """The updates of the current epoch, from wherever its sample clock stands.
+
+        Returns the ``time.perf_counter()`` since which training time is not yet counted in ``wall_s``.
+        """
+        sampler = self.loader.batch_sampler
+        if sampler.epoch != self.state.epoch:
+            sampler.set_epoch(self.state.epoch)
+        # NOTE [epoch-end checkpoint]: a checkpoint after an epoch's last update holds the sampler at the
+        # end of that epoch; a new pass would start the next epoch, so nothing is left to train here
+        done = self.config.schedule.next_batch_size(sampler.epoch, sampler.position) == 0
+        if self.observer is not None:
+            self.observer.epoch_started(self.config, self.state.epoch, 0 if done else len(self.loader))
         started = time.perf_counter()
-        for inputs, targets in loader:
-            global_batch = loader.last_global_batch_size
-            optimizer.zero_grad(set_to_none=True)
-            result = micro.backward(inputs, targets, global_batch_size=global_batch, world_size=info.world_size)
-            loss_sum, bad = sum_over_ranks([result.loss_sum, float(not math.isfinite(result.loss_sum))], info.device) \
-                if info.enabled else (result.loss_sum, float(not math.isfinite(result.loss_sum)))
-            lr = scheduler.get_last_lr()[0]
-            if bad or not math.isfinite(loss_sum):  # before optimizer.step: the weights stay as checkpointed
-                raise DivergenceError(
-                    f"run {config.name}: the training loss became {loss_sum} at update {state.updates + 1} in "
-                    f"epoch {_epoch_of(epoch, schedule.epochs)} (lr={lr:g}, batch_size={global_batch}); "
-                    f"{_kept(checkpoint_path)}")
-            optimizer.step()
-            last_epoch, last_lr, last_batch = epoch, lr, global_batch
-            scheduler.step()
-            state.updates += 1
-            state.samples += global_batch
-            state.tally.loss_sum += result.loss_sum
-            state.tally.correct += result.correct
-            state.tally.samples += result.samples
-            state.tally.micro_batch_size = max(state.tally.micro_batch_size, result.micro_batch_size)
-            if bar is not None:
-                bar.update(1)
-            requested = stop.requested
-            if info.enabled:
-                requested = bool(sum_over_ranks([float(stop.requested)], info.device)[0])
-            if requested or (config.checkpoint_every and state.updates % config.checkpoint_every == 0):
-                state.wall_s += time.perf_counter() - started
+        every = self.config.settings.checkpoint_every
+        for inputs, targets in () if done else self.loader:
+            self.train_update(inputs, targets)
+            if self.observer is not None:
+                self.observer.update_done(self)
+            requested = bool(sum_over_ranks([float(self.stop.requested)], self.info.device)[0])
+            if requested or (every and self.state.updates % every == 0):
+                self.state.wall_s += time.perf_counter() - started
                 started = time.perf_counter()
-                save()
+                checkpoint()
                 if requested:
-                    if bar is not None:
-                        bar.close()
-                    raise Interrupted(f"run {config.name} stopped by {stop.signal_name or 'request'} after update "
-                                      f"{state.updates} in epoch {_epoch_of(epoch, schedule.epochs)}; "
-                                      f"checkpoint written to {checkpoint_path}")
-        if bar is not None:
-            bar.close()
-        average_buffers(model)
-        test_loss, test_acc = _evaluate(ddp_model, dataset, config, info, normalize)
-        state.wall_s += time.perf_counter() - started  # training and evaluation of this epoch
-        loss_total, correct_total, count_total = sum_over_ranks(
-            [state.tally.loss_sum, float(state.tally.correct), float(state.tally.samples)], info.device)
-        phase = schedule.phase_at(epoch)
+                    raise Interrupted(f"run {self.config.name} stopped by {self.stop.signal_name or 'request'} after "
+                                      f"update {self.state.updates} in epoch {self._epoch_text(self.state.epoch)}")
+        return started
+
+    def end_epoch(self, since: float) -> dict:
+        """Evaluate, close the epoch's record (wall time counted from ``since``) and move to the next epoch."""
+        average_buffers(self.model)
+        self.ddp_model.eval()
+        test = self.task.evaluate(self.ddp_model, self.config, self.info)
+        self.ddp_model.train()
+        state, tally = self.state, self.state.tally
+        state.wall_s += time.perf_counter() - since  # training and evaluation of this epoch
+        keys = sorted(tally.sums)
+        loss_total, count, *sums = sum_over_ranks(
+            [tally.loss_sum, float(tally.samples), *(tally.sums[k] for k in keys)], self.info.device)
+        phase = self.config.schedule.phase_at(state.epoch)
         record = {
-            "epoch": epoch, "updates": state.updates, "samples": state.samples, "wall_s": round(state.wall_s, 4),
+            "epoch": state.epoch, "updates": state.updates, "samples": state.samples, "wall_s": round(state.wall_s, 4),
             "lr": phase.lr, "batch_size": phase.batch_size, "momentum": phase.momentum,
-            "train_loss": loss_total / max(count_total, 1), "train_acc": correct_total / max(count_total, 1),
-            "test_loss": test_loss, "test_acc": test_acc,
-            "allreduces": stats.count, "allreduce_s": round(stats.seconds, 6),
-            "micro_batch_size": state.tally.micro_batch_size,
+            **self.task.train_metrics(loss_total, dict(zip(keys, sums)), int(count)), **test,
+            "allreduces": self.allreduce.count, "allreduce_s": round(self.allreduce.seconds, 6),
+            "micro_batch_size": tally.micro_batch_size,
         }
         state.records.append(record)
         state.epoch += 1
-        state.tally = _Tally()
-        # checkpoint first, then the metrics line: metrics.jsonl never runs ahead of the checkpoint,
-        # so a run whose metrics are complete also has its final checkpoint
-        save()
-        if info.is_main:
-            append_record(metrics_path, record)
-            if not progress or not sys.stderr.isatty():
-                print(f"[{config.name}] epoch {epoch + 1}/{schedule.epochs} lr={phase.lr:.4g} "
-                      f"batch={phase.batch_size} train_loss={record['train_loss']:.4f} "
-                      f"test_acc={test_acc:.4f} updates={state.updates} ({state.wall_s:.1f} s)",
-                      file=sys.stderr, flush=True)
-        yield record
+        state.tally = EpochTally()
+        return record
 
+    def check_finite(self) -> None:
+        """Raise DivergenceError if a weight, buffer or optimizer state holds inf or NaN (checked before a checkpoint)."""
+        bad = _non_finite_state(self.model, self.optimizer)
+        if bad is not None:
+            raise DivergenceError(
+                f"run {self.config.name}: {bad} became inf or NaN by update {self.state.updates} in epoch "
+                f"{self._epoch_text(self.state.last_epoch)} (lr={self.state.last_lr:g}, "
+                f"batch_size={self.state.last_batch_size})")
 
-def _kept(checkpoint_path: Path) -> str:
-    """What a diverged run leaves behind, and what to do about it."""
-    fix = "lower the learning rate (--lr) and start over with --force"
-    if checkpoint_path.exists():
-        return f"the last good checkpoint {checkpoint_path} is kept; {fix}"
-    return f"no checkpoint had been written yet; {fix}"
-
-
-def _epoch_of(epoch: int, epochs: int) -> str:
-    """A 0-based epoch as users read it in the progress lines: ``1/30`` for epoch 0."""
-    return f"{epoch + 1}/{epochs}"
+    def _epoch_text(self, epoch: int) -> str:
+        """A 0-based epoch as users read it in the progress lines: ``1/30`` for epoch 0."""
+        return f"{epoch + 1}/{self.config.schedule.epochs}"
 
 
 def _non_finite_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
@@ -337,25 +289,4 @@ def _non_finite_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> str
             if not finite(tensor):
                 return f"the optimizer state ({key})"
     return None
-
-
-def _progress_bar(enabled: bool, total: int, description: str):
-    """A tqdm bar on a terminal; None elsewhere (plain per-epoch lines are printed instead)."""
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
-
-
-def _git_commit() -> str | None:
-    """The commit of the growbatch checkout, when it runs from one."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 

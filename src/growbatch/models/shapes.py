@@ -1,0 +1,18 @@
+"""The argument check that the small CNNs share: positive sizes, and an image size two 2x2 max-pools divide."""
+
+from __future__ import annotations
+
+from ..checks import check_positive_int
+
+__all__ = ["check_pooled_cnn"]
+
+
+def check_pooled_cnn(model: str, in_channels: int, num_classes: int, image_size: int, examples: str) -> None:
+    """Raise TypeError or ValueError naming the bad argument of ``model``; ``examples`` lists sizes that work."""
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("image_size", image_size)
+    if image_size % 4:
+        raise ValueError(f"image_size should be a multiple of 4 for the {model} model (two 2x2 max-pools), but got "
+                         f"image_size={image_size}; use {examples}, or a model with global pooling "
+                         f"(wrn-16-4, resnet18)")
