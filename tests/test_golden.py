@@ -14,7 +14,9 @@ from pathlib import Path
 GOLDEN = Path(__file__).parent / "golden" / "compare-digits-epochs3-micro32.jsonl"
 # one thread: float reductions split over threads differently on machines with other core counts
 COMMAND = ["run", "compare", "--epochs", "3", "--micro-batch-size", "32", "--seeds", "0", "--workers", "1",
+           "--no-measure-noise-scale",  # it cuts the batches of 8 in two, which changes the float rounding
            "--no-progress"]
+ADDED_SINCE = {"gradient_noise_scale"}  # fields the metrics lines gained after the recording
 
 
 def test_compare_on_digits_gives_the_recorded_metrics_bit_for_bit(tmp_path: Path) -> None:
@@ -31,5 +33,6 @@ def test_compare_on_digits_gives_the_recorded_metrics_bit_for_bit(tmp_path: Path
             got.append({"run": name, **record})
     assert len(got) == len(expected) == 9
     for new, old in zip(got, expected):
-        assert list(new) == list(old)  # the same fields in the same order
-        assert new == old  # floats compared exactly
+        assert list(new)[:len(old)] == list(old)  # the same fields in the same order, new ones after them
+        assert {key: new[key] for key in old} == old  # floats compared exactly
+        assert set(new) - set(old) <= ADDED_SINCE

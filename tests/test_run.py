@@ -24,7 +24,7 @@ SUMMARY_RUN_KEYS = {"name", "schedule", "optimizer", "seed", "epochs", "final_te
                     "updates", "samples", "wall_s"}
 # every metrics line of the image task, in this order
 METRIC_KEYS = ("epoch", "updates", "samples", "wall_s", "lr", "batch_size", "momentum", "train_loss", "train_acc",
-               "test_loss", "test_acc", "allreduces", "allreduce_s", "micro_batch_size")
+               "test_loss", "test_acc", "allreduces", "allreduce_s", "micro_batch_size", "gradient_noise_scale")
 REPORT_FILES = ("report.html", "report.md", "schedules.png", "test_acc_epochs.png", "test_acc_updates.png",
                 "wall_time.png")
 

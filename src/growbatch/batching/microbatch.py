@@ -26,6 +26,7 @@ from .microbatch_size import (
     estimate_training_memory,
     largest_micro_batch_size,
 )
+from .noise_scale import GradientNoiseScale
 
 __all__ = ["MicroBatcher", "StepResult"]
 
@@ -85,6 +86,9 @@ class MicroBatcher:
         transform: applied to each micro-batch's inputs on ``device`` before the forward pass, e.g. a
             loader's normalisation (``TensorLoader(..., normalize_batches=False)``), so the logical
             batch can stay uint8 and only one micro-batch at a time is float32.
+        noise_scale: a :class:`~growbatch.batching.noise_scale.GradientNoiseScale` of this model, fed
+            with every update's micro-batch gradients; a share that fits one micro-batch is then cut in
+            two (whole ghost batches), so that there are two batch sizes.
 
     Raises:
         TypeError, ValueError: a micro_batch_size that is neither a positive int nor "auto"; a
@@ -103,7 +107,8 @@ class MicroBatcher:
                  micro_batch_size: int | str = "auto",
                  memory_budget_bytes: int | None = None, device: torch.device | str | None = None,
                  autocast_dtype: torch.dtype | None = None,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 noise_scale: GradientNoiseScale | None = None) -> None:
         _check_micro_batch_size(micro_batch_size)
         if memory_budget_bytes is not None:
             _check_memory_budget(memory_budget_bytes, micro_batch_size)
@@ -123,6 +128,9 @@ class MicroBatcher:
         if transform is not None and not callable(transform):
             raise TypeError(f"transform should be callable or None, but got {type(transform).__name__}")
         self.transform = transform
+        if noise_scale is not None and not isinstance(noise_scale, GradientNoiseScale):
+            raise TypeError(f"noise_scale should be a GradientNoiseScale or None, but got {type(noise_scale).__name__}")
+        self.noise_scale = noise_scale
         # the network itself: DDP's no_sync/module, but measurements bypass DDP's hooks
         self.module: nn.Module = model.module if hasattr(model, "no_sync") else model
         self.device = torch.device(device) if device is not None else _model_device(self.module)
@@ -152,6 +160,14 @@ class MicroBatcher:
                 fit, or during a DDP model's synchronising micro-batch (other ranks are in its all-reduce).
         """
         _check_step_arguments(inputs, targets, global_batch_size, world_size)
+        result = self._backward(inputs, targets, global_batch_size, world_size)
+        if self.noise_scale is not None:
+            self.noise_scale.finish_update(global_batch_size)  # every rank: it sums over ranks
+        return result
+
+    def _backward(self, inputs: Any, targets: Any, global_batch_size: int, world_size: int) -> StepResult:
+        if self.noise_scale is not None:
+            self.noise_scale.start_update()
         if len(inputs) == 0:
             return self._empty_share(inputs, targets)
         size = self._choose(inputs, targets)
@@ -170,6 +186,8 @@ class MicroBatcher:
             # outside the except block: the traceback, and the tensors its frames held, are gone
             self._restart(buffers)
             size = smaller
+            if self.noise_scale is not None:
+                self.noise_scale.start_update()
 
     def state_dict(self) -> dict[str, Any]:
         """The "auto" measurements per input signature, so a resumed run keeps the sizes chosen so far.
@@ -216,10 +234,15 @@ class MicroBatcher:
             micro_inputs = self._prepare(micro_inputs.to(self.device, non_blocking=True))
             micro_targets = micro_targets.to(self.device, non_blocking=True)
             self._synchronising = last and hasattr(self.model, "no_sync")
+            weight = len(micro_inputs) * weight_per_sample
+            if self.noise_scale is not None:
+                self.noise_scale.begin_micro_batch(weight, len(micro_inputs))
             with nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync():
                 with self._autocast():
                     loss, micro_sums = self.loss(self.model, micro_inputs, micro_targets)
-                (loss * (len(micro_inputs) * weight_per_sample)).backward()
+                (loss * weight).backward()
+            if self.noise_scale is not None:
+                self.noise_scale.end_micro_batch()
             loss_sum += loss.detach().double() * len(micro_inputs)
             for key, value in micro_sums.items():
                 sums[key] = sums[key] + value.detach() if key in sums else value.detach()
@@ -249,6 +272,19 @@ class MicroBatcher:
         return self.transform(inputs) if self.transform is not None else inputs
 
     def _choose(self, inputs: torch.Tensor, targets: torch.Tensor) -> int:
+        return self._split_for_noise_scale(self._chosen_size(inputs, targets), len(inputs))
+
+    def _split_for_noise_scale(self, size: int, share: int) -> int:
+        """With a noise scale, a share that fits one micro-batch is cut in two (rounded up to whole ghost
+        batches): the estimate needs a second, smaller batch size. Where no such cut exists, it is left whole."""
+        if self.noise_scale is None or size < share or share < 2:
+            return size
+        half = -(-share // 2)
+        if self.ghost_batch_size:
+            half = -(-half // self.ghost_batch_size) * self.ghost_batch_size
+        return half if half < share else size
+
+    def _chosen_size(self, inputs: torch.Tensor, targets: torch.Tensor) -> int:
         if self.micro_batch_size != "auto":
             return min(self.micro_batch_size, len(inputs))
         key = _signature(inputs, self)

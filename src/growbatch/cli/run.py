@@ -52,8 +52,9 @@ def add_setting_flag(parser: argparse.ArgumentParser, setting: dataclasses.Field
     """``--name-with-dashes`` for a settings field: its parser, choices, default and help from its metadata."""
     flag, meta = "--" + setting.name.replace("_", "-"), setting.metadata
     shown = f" (default {_shown(setting.default)})" if setting.default not in (None, False) else ""
-    if setting.default is False and meta["parse"] is None:
-        parser.add_argument(flag, action="store_true", help=meta["help"])
+    if isinstance(setting.default, bool) and meta["parse"] is None:  # a switch: --x, or --x/--no-x when on
+        action = "store_true" if setting.default is False else argparse.BooleanOptionalAction
+        parser.add_argument(flag, action=action, default=setting.default, help=meta["help"])
         return
     parser.add_argument(flag, default=setting.default, choices=meta["choices"], help=meta["help"] + shown,
                         type=_flag_type(meta["parse"]) if meta["parse"] is not None else None)

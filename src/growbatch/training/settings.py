@@ -106,6 +106,9 @@ class RunSettings:
     channels_last: bool = setting(False, "channels-last memory format for images")
     checkpoint_every: int | None = setting(None, "also checkpoint every K updates", parse=positive_int,
                                            resume="free", manifest=False)
+    measure_noise_scale: bool = setting(
+        True, "measure the gradient noise scale B_simple from the micro-batches' gradients (a batch that fits one "
+        "micro-batch is cut in two for it)")
     eval_batch_size: int = setting(1024, "samples per evaluation pass", flag=False, resume="free", manifest=False)
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..batching.microbatch import MicroBatcher
+from ..batching.noise_scale import GradientNoiseScale
 from ..batching.scheduler import BatchSizeScheduler
 from .checkpoint import capture_rng, restore_rng
 from .distributed import (
@@ -125,12 +126,15 @@ class Trainer:
         self.scheduler = BatchSizeScheduler(self.loader, self.optimizer, config.schedule)
         if info.is_main:
             warn_if_ghosts_split(config.schedule, config.ghost_batch_size, info.world_size)
+        # measured from the micro-batches' gradients (NOTE [noise-scale source] in batching/noise_scale.py)
+        self.noise_scale = GradientNoiseScale(self.model) if config.settings.measure_noise_scale else None
         self.allreduce = AllReduceStats()
         self.ddp_model = wrap_ddp(self.model, info, self.allreduce)
         # NOTE [bf16]: on CUDA the forward passes run under bf16 autocast; the CPU stays in float32 (exact resumes)
         self.micro = MicroBatcher(self.ddp_model, loss=task.loss, micro_batch_size=config.settings.micro_batch_size,
                                   device=info.device,
-                                  autocast_dtype=torch.bfloat16 if info.device.type == "cuda" else None)
+                                  autocast_dtype=torch.bfloat16 if info.device.type == "cuda" else None,
+                                  noise_scale=self.noise_scale)
         self.state = TrainerState(last_lr=self.scheduler.get_last_lr()[0])
 
     # -- state --------------------------------------------------------------------------
@@ -143,7 +147,8 @@ class Trainer:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "loader": self.loader.batch_sampler.state_dict(),
-            "micro": self.micro.state_dict(), "allreduce": self.allreduce.state_dict(), "rng": capture_rng(),
+            "micro": self.micro.state_dict(), "allreduce": self.allreduce.state_dict(),
+            "noise_scale": self.noise_scale and self.noise_scale.state_dict(), "rng": capture_rng(),
             "counters": {"epoch": state.epoch, "updates": state.updates, "samples": state.samples,
                          "wall_s": state.wall_s, "last_epoch": state.last_epoch, "last_lr": state.last_lr,
                          "last_batch_size": state.last_batch_size},
@@ -160,6 +165,8 @@ class Trainer:
         self.loader.batch_sampler.load_state_dict(saved["loader"])
         self.micro.load_state_dict(saved["micro"])
         self.allreduce.load_state_dict(saved["allreduce"])
+        if self.noise_scale is not None:
+            self.noise_scale.load_state_dict(saved["noise_scale"])
         tally = EpochTally(**saved["tally"]) if self.info.is_main else EpochTally()
         self.state = TrainerState(**saved["counters"], tally=tally, records=list(saved["records"]))
         restore_rng(saved["rng"])
@@ -255,7 +262,7 @@ class Trainer:
             "lr": phase.lr, "batch_size": phase.batch_size, "momentum": phase.momentum,
             **self.task.train_metrics(loss_total, dict(zip(keys, sums)), int(count)), **test,
             "allreduces": self.allreduce.count, "allreduce_s": round(self.allreduce.seconds, 6),
-            "micro_batch_size": tally.micro_batch_size,
+            "micro_batch_size": tally.micro_batch_size, "gradient_noise_scale": self.noise_scale and self.noise_scale.value,
         }
         state.records.append(record)
         state.epoch += 1
