@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import json
 
-from ..schedule.builders import MODES, step_schedule
+from ..schedule.builders import MODES, RULES, step_schedule
 from ..schedule.planner import (
     LR_SCHEDULES,
     comparison_dict,
@@ -41,7 +41,7 @@ _SCHEDULE_FLAGS = {
     "lr": "--lr", "batch_size": "--batch-size", "momentum": "--momentum", "epochs": "--epochs",
     "milestones": "--milestones", "factor": "--factor", "mode": "--mode", "max_batch_size": "--max-batch-size",
     "dataset_size": "--dataset-size", "lr_schedule": "--lr-schedule", "batch_size_multiple": "--batch-size-multiple",
-    "exact": "--exact",
+    "exact": "--exact", "rule": "--rule",
 }
 _REQUIRED_FLAGS = ("lr", "batch_size", "epochs", "dataset_size")
 
@@ -68,6 +68,8 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
     custom.add_argument("--milestones", type=_numbers, help="epochs of the LR steps, e.g. 60,120,160")
     custom.add_argument("--factor", type=float, help="the noise scale is divided by it at each milestone (default 5)")
     custom.add_argument("--mode", choices=MODES, help="how each step is taken (default increase)")
+    custom.add_argument("--rule", choices=RULES, help="what a batch step stands for: linear (B x factor, SGD), sqrt "
+                        "(B x factor^2, Adam) or seesaw (B x factor, lr / sqrt(factor)) (default linear)")
     custom.add_argument("--max-batch-size", type=int, help="batch cap; past it the lr falls (default N/10)")
     custom.add_argument("--exact", action="store_true", default=None,
                         help="keep the exact g = lr/(1-m)*(N/B-1) rather than the B << N approximation")
@@ -98,6 +100,9 @@ def _custom_schedule(args: argparse.Namespace) -> tuple[Schedule, float | None]:
     if args.lr_schedule is not None and args.mode is not None:
         raise UsageError(f"--mode {args.mode} and --lr-schedule {args.lr_schedule} cannot be combined; "
                          "--mode steps the paper's way, --lr-schedule converts an LR schedule: pick one")
+    if args.lr_schedule is not None and args.rule not in (None, "linear"):
+        raise UsageError(f"--rule {args.rule} applies to step schedules (--mode); --lr-schedule converts by the "
+                         "linear rule")
     if args.lr_schedule is None and args.batch_size_multiple is not None:
         raise UsageError("--batch-size-multiple only applies with --lr-schedule; drop it or add --lr-schedule")
     common = dict(
@@ -111,7 +116,9 @@ def _custom_schedule(args: argparse.Namespace) -> tuple[Schedule, float | None]:
                                          **common)
         return conversion.schedule, conversion.max_noise_error
     mode = args.mode or "increase"
-    return step_schedule(mode, name=f"custom-{mode}", **common), None
+    rule = args.rule or "linear"
+    name = f"custom-{mode}" + ("" if rule == "linear" else f"-{rule}")
+    return step_schedule(mode, name=name, rule=rule, **common), None
 
 
 def _plan(args: argparse.Namespace) -> int:

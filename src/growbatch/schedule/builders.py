@@ -28,6 +28,7 @@ from .schedule import Phase, Schedule
 
 __all__ = [
     "MODES",
+    "RULES",
     "step_schedule",
     "Conversion",
     "from_lr_function",
@@ -40,6 +41,10 @@ __all__ = [
 
 Mode = Literal["decay", "hybrid", "increase"]
 MODES: tuple[str, ...] = ("decay", "hybrid", "increase")
+# NOTE [rules]: how a batch step stands in for an lr step. linear (SGD, the paper): lr / f ~ B x f at
+# equal noise scale. sqrt (Adam-type optimizers, Malladi et al. 2022): lr / f ~ B x f^2. seesaw
+# (Meterez et al. 2025): each lr / f becomes lr / sqrt(f) with B x f, the same as lr / f by the sqrt rule.
+RULES: tuple[str, ...] = ("linear", "sqrt", "seesaw")
 
 
 def default_max_batch_size(dataset_size: int) -> int:
@@ -95,6 +100,14 @@ def _scale_g(lr: float, batch: int, cap: int, n: int, ratio: float, exact: bool)
     return lr * ratio * new_batch / batch, new_batch
 
 
+def _scale_by_rule(lr: float, batch: int, cap: int, factor: float, rule: str) -> tuple[float, int]:
+    """New (lr, batch) for one growing step of a sqrt-type rule: the batch x f^2 (sqrt) or x f with lr / sqrt(f)
+    (seesaw), capped; at the cap the lr supplies the rest (lr / f over all, counted by the sqrt rule)."""
+    ideal = batch * (factor**2 if rule == "sqrt" else factor)
+    new_batch = min(int(round(ideal)), cap)
+    return lr * math.sqrt(new_batch / batch) / factor, new_batch
+
+
 def step_schedule(
     mode: Mode,
     *,
@@ -110,6 +123,7 @@ def step_schedule(
     batch_increases: int = 1,
     exact: bool = False,
     name: str | None = None,
+    rule: str = "linear",
 ) -> Schedule:
     """One LR step schedule (divide by ``factor`` at each milestone) in one of the paper's modes.
 
@@ -122,6 +136,10 @@ def step_schedule(
     ``exact=False`` (the paper's rule, B x factor) g is the approximation eps*N/(B(1-m)); with
     ``exact=True`` batches come from N/B - 1 and the exact g falls by ``factor`` (up to rounding
     the batch to an integer).
+
+    ``rule`` says what a growing step is (NOTE [rules]): ``linear``, B x factor (SGD); ``sqrt``,
+    B x factor² (Adam); ``seesaw``, B x factor with lr / sqrt(factor). Past the cap the lr falls so that
+    each milestone still amounts to lr / factor by the rule.
 
     Example (``step_schedule("increase", lr=0.1, batch_size=128, epochs=200, milestones=[60, 120, 160],
     factor=5, dataset_size=50_000, max_batch_size=5120)``):
@@ -142,6 +160,11 @@ def step_schedule(
     """
     if mode not in MODES:
         raise ValueError(f"mode should be one of {', '.join(MODES)}, but got mode={mode!r}")
+    if rule not in RULES:
+        raise ValueError(f"rule should be one of {', '.join(RULES)}, but got rule={rule!r}")
+    if exact and rule != "linear":
+        raise ValueError(f"exact=True keeps the exact g = lr/(1-m)*(N/B-1), which is the linear rule's; "
+                         f"rule={rule!r} cannot be combined with it")
     lr = check_lr(lr)
     momentum = check_momentum(momentum)
     n = check_dataset_size(dataset_size)
@@ -159,7 +182,9 @@ def step_schedule(
     for i, (start, end) in enumerate(zip(bounds, bounds[1:])):
         if i > 0:
             grow = mode == "increase" or (mode == "hybrid" and i <= batch_increases)
-            if grow:
+            if grow and rule != "linear":
+                cur_lr, cur_batch = _scale_by_rule(cur_lr, cur_batch, cap, factor, rule)
+            elif grow:
                 cur_lr, cur_batch = _scale_g(cur_lr, cur_batch, cap, n, 1.0 / factor, exact)
             else:
                 cur_lr = cur_lr / factor

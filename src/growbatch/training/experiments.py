@@ -48,9 +48,12 @@ def _schedules(config: ExperimentConfig, optimizer: str, n: int) -> dict[str, Sc
     if config.experiment == "paper-5.2" and config.batch_size is None:
         batch = max(1, min(batch, cap // round(config.factor ** 2)))  # leave room for B0 x factor^2
 
+    rule = config.resolved_rule(optimizer)
+
     def build(mode: str, name: str, lr_: float, batch_: int, momentum_: float) -> Schedule:
         return step_schedule(mode, lr=lr_, batch_size=batch_, epochs=epochs, milestones=milestones,
-                             factor=config.factor, dataset_size=n, momentum=momentum_, max_batch_size=cap, name=name)
+                             factor=config.factor, dataset_size=n, momentum=momentum_, max_batch_size=cap, name=name,
+                             rule=rule)
 
     if config.experiment == "compare":
         return {mode: build(mode, mode, lr, batch, momentum) for mode in ("decay", "hybrid", "increase")}

@@ -15,6 +15,7 @@ from typing import Any
 from ..checks import check_number, check_positive_int
 from ..data import DATASET_NAMES
 from ..models import MODEL_NAMES
+from ..schedule.builders import RULES
 from ..schedule.schedule import Schedule
 
 __all__ = ["OPTIMIZERS", "EXPERIMENTS", "RunSettings", "ExperimentConfig", "RunConfig", "setting", "flag_settings",
@@ -142,6 +143,9 @@ class ExperimentConfig(RunSettings):
     momentum: float = setting(0.9, "momentum (Adam's beta1)", parse=float)
     max_batch_size: int | None = setting(None, "batch cap; past it the lr falls (default N/10)", parse=positive_int)
     factor: float = setting(5.0, "noise-scale step at each milestone", parse=float)
+    rule: str | None = setting(None, "how a batch step replaces an lr step: linear (B x f), sqrt (B x f^2) or "
+                               "seesaw (B x f, lr / sqrt f) (default: sqrt for adam, linear for SGD; compare only)",
+                               choices=RULES)
     ghost_batch_size: int | None = setting(
         None, "ghost batch norm size (default: the initial batch size; 0 turns ghost BN off)", parse=int)
     train_size: int | None = setting(
@@ -170,9 +174,20 @@ class ExperimentConfig(RunSettings):
         if self.experiment == "paper-5.2" and "sgd" in self.optimizers:
             raise ValueError("paper-5.2 scales the momentum coefficient, so optimizer sgd (no momentum) does not "
                              "apply; use momentum, nesterov or adam")
+        if self.rule is not None and self.rule not in RULES:
+            raise ValueError(f"unknown rule {self.rule!r}; valid: {', '.join(RULES)}")
+        if self.experiment == "paper-5.2" and self.rule not in (None, "linear"):
+            raise ValueError(f"paper-5.2 scales lr and momentum by the paper's linear rules (B ∝ lr, B ∝ 1/(1-m)); "
+                             f"--rule {self.rule} applies to compare only")
         if self.ghost_batch_size is not None and (self.ghost_batch_size < 0 or isinstance(self.ghost_batch_size, bool)):
             raise ValueError(f"--ghost-batch-size should be a positive integer (or 0 for plain batch norm), "
                              f"but got {self.ghost_batch_size}")
+
+    def resolved_rule(self, optimizer: str) -> str:
+        """The conversion rule of ``optimizer``'s schedules: the square-root rule for Adam, else SGD's linear one."""
+        if self.rule is not None:
+            return self.rule
+        return "sqrt" if optimizer == "adam" and self.experiment == "compare" else "linear"
 
     @property
     def resolved_model(self) -> str:
