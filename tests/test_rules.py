@@ -65,3 +65,14 @@ def test_plan_prints_the_rule_in_the_schedule_name(capsys: pytest.CaptureFixture
     assert [p["batch_size"] for p in plan["phases"]] == [16, 144, 144]
     assert main([*args[:-3], "--lr-schedule", "cosine", "--rule", "sqrt"]) == 2
     assert "--rule sqrt applies to step schedules" in capsys.readouterr().err
+
+
+def test_schedules_picks_a_subset_in_the_experiments_order(capsys: pytest.CaptureFixture) -> None:
+    runs = run_configs(ExperimentConfig(schedules=("increase", "decay"), seeds=(0, 1)), 1442)
+    assert [r.name for r in runs] == ["decay-momentum-seed0", "decay-momentum-seed1", "increase-momentum-seed0",
+                                      "increase-momentum-seed1"]
+    with pytest.raises(ValueError, match=r"schedules should name distinct schedules of compare \(decay, hybrid, "
+                                         r"increase\), but got increase-lr"):
+        ExperimentConfig(schedules=("increase-lr",))
+    assert main(["run", "--schedules", "decay,cosine"]) == 2
+    assert "unknown cosine; valid: decay, hybrid, increase, original" in capsys.readouterr().err

@@ -77,6 +77,8 @@ def run_configs(config: ExperimentConfig, dataset_size: int) -> list[RunConfig]:
         base_batch = next(iter(schedules.values())).phases[0].batch_size
         ghost = None if config.ghost_batch_size == 0 else (config.ghost_batch_size or base_batch)
         for schedule_name, schedule in schedules.items():
+            if config.schedules is not None and schedule_name not in config.schedules:
+                continue
             for seed in config.seeds:
                 runs.append(RunConfig(name=f"{schedule_name}-{optimizer}-seed{seed}", schedule=schedule,
                                       model=config.resolved_model, optimizer=optimizer, seed=seed,

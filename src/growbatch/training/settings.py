@@ -23,6 +23,9 @@ __all__ = ["OPTIMIZERS", "EXPERIMENTS", "RunSettings", "ExperimentConfig", "RunC
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 EXPERIMENTS = ("compare", "paper-5.2")
+SCHEDULES = {"compare": ("decay", "hybrid", "increase"),
+             "paper-5.2": ("original", "increase", "increase-lr", "increase-momentum")}
+ALL_SCHEDULES = tuple(dict.fromkeys(name for names in SCHEDULES.values() for name in names))
 DEFAULT_MODEL = {"digits": "cnn", "mnist": "mnist-cnn", "fashion-mnist": "mnist-cnn", "cifar10": "wrn-16-4"}
 DEFAULT_EPOCHS = {"digits": 30, "mnist": 6, "fashion-mnist": 6, "cifar10": 200}
 
@@ -132,6 +135,9 @@ class ExperimentConfig(RunSettings):
 
     experiment: str = setting("compare", "compare (§5.1) or paper-5.2 (§5.2)", choices=EXPERIMENTS, flag=False)
     model: str | None = setting(None, "the network (default: suited to the data set)", choices=MODEL_NAMES)
+    schedules: tuple[str, ...] | None = setting(
+        None, "comma-separated subset of the experiment's schedules (compare: decay,hybrid,increase; paper-5.2: "
+        "original,increase,increase-lr,increase-momentum) (default all)", parse=name_list(ALL_SCHEDULES))
     optimizers: tuple[str, ...] = setting(("momentum",), f"comma-separated: {','.join(OPTIMIZERS)}",
                                           parse=name_list(OPTIMIZERS))
     epochs: int | None = setting(None, "epochs per run; milestones are rescaled to it (default per data set)",
@@ -174,6 +180,11 @@ class ExperimentConfig(RunSettings):
         if self.experiment == "paper-5.2" and "sgd" in self.optimizers:
             raise ValueError("paper-5.2 scales the momentum coefficient, so optimizer sgd (no momentum) does not "
                              "apply; use momentum, nesterov or adam")
+        if self.schedules is not None:
+            bad = [name for name in self.schedules if name not in SCHEDULES[self.experiment]]
+            if bad or not self.schedules or len(set(self.schedules)) != len(self.schedules):
+                raise ValueError(f"schedules should name distinct schedules of {self.experiment} "
+                                 f"({', '.join(SCHEDULES[self.experiment])}), but got {', '.join(self.schedules)}")
         if self.rule is not None and self.rule not in RULES:
             raise ValueError(f"unknown rule {self.rule!r}; valid: {', '.join(RULES)}")
         if self.experiment == "paper-5.2" and self.rule not in (None, "linear"):
