@@ -14,7 +14,6 @@ from pathlib import Path
 GOLDEN = Path(__file__).parent / "golden" / "compare-digits-epochs3-micro32.jsonl"
 # one thread: float reductions split over threads differently on machines with other core counts
 COMMAND = ["run", "compare", "--epochs", "3", "--micro-batch-size", "32", "--seeds", "0", "--workers", "1",
-           "--no-measure-noise-scale",  # it cuts the batches of 8 in two, which changes the float rounding
            "--no-progress"]
 ADDED_SINCE = {"gradient_noise_scale"}  # fields the metrics lines gained after the recording
 

@@ -57,8 +57,13 @@ def test_a_batch_that_fits_one_micro_batch_is_cut_in_two_and_keeps_its_gradient(
     plain = _least_squares(torch.ones(DIMENSION, dtype=torch.float64))
     gns = GradientNoiseScale(model)
     x, y = _batch(torch.Generator().manual_seed(1), 64)
-    result = MicroBatcher(model, loss=_half_squared_error, micro_batch_size=64, noise_scale=gns).backward(
+    whole = GradientNoiseScale(plain)
+    MicroBatcher(plain, loss=_half_squared_error, micro_batch_size=64, noise_scale=whole).backward(
         x, y, global_batch_size=64)
+    assert whole.updates == 0 and whole.value is None  # by default: no second batch size, no estimate
+    plain.zero_grad(set_to_none=True)
+    result = MicroBatcher(model, loss=_half_squared_error, micro_batch_size=64, noise_scale=gns,
+                          split_for_noise_scale=True).backward(x, y, global_batch_size=64)
     MicroBatcher(plain, loss=_half_squared_error, micro_batch_size=64).backward(x, y, global_batch_size=64)
     assert (result.micro_batches, result.micro_batch_size) == (2, 32) and gns.updates == 1
     assert torch.allclose(model.weight.grad, plain.weight.grad, rtol=1e-12, atol=0)
@@ -69,7 +74,8 @@ def test_no_estimate_where_a_cut_would_split_a_ghost_batch() -> None:
     model = convert_to_ghost_batch_norm(nn.Sequential(nn.Linear(DIMENSION, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)),
                                         ghost_batch_size=16).double()
     gns = GradientNoiseScale(model)
-    micro = MicroBatcher(model, loss=_half_squared_error, micro_batch_size=64, noise_scale=gns)
+    micro = MicroBatcher(model, loss=_half_squared_error, micro_batch_size=64, noise_scale=gns,
+                         split_for_noise_scale=True)
     generator = torch.Generator().manual_seed(4)
     assert micro.backward(*_batch(generator, 16), global_batch_size=16).micro_batches == 1
     assert gns.value is None and gns.updates == 0

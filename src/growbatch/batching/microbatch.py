@@ -87,8 +87,11 @@ class MicroBatcher:
             loader's normalisation (``TensorLoader(..., normalize_batches=False)``), so the logical
             batch can stay uint8 and only one micro-batch at a time is float32.
         noise_scale: a :class:`~growbatch.batching.noise_scale.GradientNoiseScale` of this model, fed
-            with every update's micro-batch gradients; a share that fits one micro-batch is then cut in
-            two (whole ghost batches), so that there are two batch sizes.
+            with every update's micro-batch gradients; it estimates where an update has two micro-batches
+            or more (over all ranks).
+        split_for_noise_scale: cut a share that fits one micro-batch in two (whole ghost batches), so
+            that every update gives an estimate; that changes the float rounding and, with batch norm,
+            the statistics each pass sees.
 
     Raises:
         TypeError, ValueError: a micro_batch_size that is neither a positive int nor "auto"; a
@@ -108,7 +111,7 @@ class MicroBatcher:
                  memory_budget_bytes: int | None = None, device: torch.device | str | None = None,
                  autocast_dtype: torch.dtype | None = None,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 noise_scale: GradientNoiseScale | None = None) -> None:
+                 noise_scale: GradientNoiseScale | None = None, split_for_noise_scale: bool = False) -> None:
         _check_micro_batch_size(micro_batch_size)
         if memory_budget_bytes is not None:
             _check_memory_budget(memory_budget_bytes, micro_batch_size)
@@ -130,7 +133,9 @@ class MicroBatcher:
         self.transform = transform
         if noise_scale is not None and not isinstance(noise_scale, GradientNoiseScale):
             raise TypeError(f"noise_scale should be a GradientNoiseScale or None, but got {type(noise_scale).__name__}")
-        self.noise_scale = noise_scale
+        if split_for_noise_scale and noise_scale is None:
+            raise ValueError("split_for_noise_scale=True cuts batches for a noise_scale, but noise_scale is None")
+        self.noise_scale, self.split_for_noise_scale = noise_scale, split_for_noise_scale
         # the network itself: DDP's no_sync/module, but measurements bypass DDP's hooks
         self.module: nn.Module = model.module if hasattr(model, "no_sync") else model
         self.device = torch.device(device) if device is not None else _model_device(self.module)
@@ -277,7 +282,7 @@ class MicroBatcher:
     def _split_for_noise_scale(self, size: int, share: int) -> int:
         """With a noise scale, a share that fits one micro-batch is cut in two (rounded up to whole ghost
         batches): the estimate needs a second, smaller batch size. Where no such cut exists, it is left whole."""
-        if self.noise_scale is None or size < share or share < 2:
+        if not self.split_for_noise_scale or size < share or share < 2:
             return size
         half = -(-share // 2)
         if self.ghost_batch_size:

@@ -23,6 +23,7 @@ __all__ = ["OPTIMIZERS", "EXPERIMENTS", "RunSettings", "ExperimentConfig", "RunC
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 EXPERIMENTS = ("compare", "paper-5.2")
+NOISE_SCALE_MODES = ("free", "split", "off")
 SCHEDULES = {"compare": ("decay", "hybrid", "increase"),
              "paper-5.2": ("original", "increase", "increase-lr", "increase-momentum")}
 ALL_SCHEDULES = tuple(dict.fromkeys(name for names in SCHEDULES.values() for name in names))
@@ -110,9 +111,10 @@ class RunSettings:
     channels_last: bool = setting(False, "channels-last memory format for images")
     checkpoint_every: int | None = setting(None, "also checkpoint every K updates", parse=positive_int,
                                            resume="free", manifest=False)
-    measure_noise_scale: bool = setting(
-        True, "measure the gradient noise scale B_simple from the micro-batches' gradients (a batch that fits one "
-        "micro-batch is cut in two for it)")
+    noise_scale: str = setting(
+        "free", "measure the gradient noise scale B_simple: free (from updates of two micro-batches or more, over "
+        "all ranks), split (cut a batch that fits one micro-batch in two: every update, other float rounding) or off",
+        choices=NOISE_SCALE_MODES)
     eval_batch_size: int = setting(1024, "samples per evaluation pass", flag=False, resume="free", manifest=False)
 
     def __post_init__(self) -> None:

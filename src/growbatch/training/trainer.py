@@ -127,14 +127,15 @@ class Trainer:
         if info.is_main:
             warn_if_ghosts_split(config.schedule, config.ghost_batch_size, info.world_size)
         # measured from the micro-batches' gradients (NOTE [noise-scale source] in batching/noise_scale.py)
-        self.noise_scale = GradientNoiseScale(self.model) if config.settings.measure_noise_scale else None
+        mode = config.settings.noise_scale
+        self.noise_scale = GradientNoiseScale(self.model) if mode != "off" else None
         self.allreduce = AllReduceStats()
         self.ddp_model = wrap_ddp(self.model, info, self.allreduce)
         # NOTE [bf16]: on CUDA the forward passes run under bf16 autocast; the CPU stays in float32 (exact resumes)
         self.micro = MicroBatcher(self.ddp_model, loss=task.loss, micro_batch_size=config.settings.micro_batch_size,
                                   device=info.device,
                                   autocast_dtype=torch.bfloat16 if info.device.type == "cuda" else None,
-                                  noise_scale=self.noise_scale)
+                                  noise_scale=self.noise_scale, split_for_noise_scale=mode == "split")
         self.state = TrainerState(last_lr=self.scheduler.get_last_lr()[0])
 
     # -- state --------------------------------------------------------------------------
