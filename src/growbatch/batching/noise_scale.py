@@ -111,11 +111,11 @@ class GradientNoiseScale:
     # -- the estimate ------------------------------------------------------------------------
     @property
     def value(self) -> float | None:
-        """The smoothed B_simple (samples), or None before the first estimate or while |G|² ≤ 0."""
-        if self.updates == 0:
+        """The smoothed B_simple (samples), or None before the first estimate or while either average is ≤ 0
+        (the noise of the estimates still dominates: no meaningful ratio yet)."""
+        if self.updates == 0 or self.gradient_sq <= 0 or self.trace <= 0:
             return None
-        gradient_sq = self.gradient_sq
-        return self.trace / gradient_sq if gradient_sq > 0 else None
+        return self.trace / self.gradient_sq
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, "decay": self.decay, "updates": self.updates,

@@ -197,6 +197,13 @@ class DynamicBatchSampler(Sampler[list[int]]):
         self._pass += 1
         self._start_pass_record()
 
+    def set_schedule(self, schedule: Schedule) -> None:
+        """Cut the coming batches by ``schedule``, which must agree with the old one on what was cut so far
+        (an adaptive run's batch changes at an epoch's end)."""
+        started = self._epoch + (1 if self._position > 0 else 0)
+        self.schedule.check_continues(schedule, started)
+        self.schedule = schedule
+
     def _epoch_over(self) -> bool:
         return self.schedule.next_batch_size(self._epoch, self._position) == 0
 

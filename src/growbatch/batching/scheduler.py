@@ -157,6 +157,13 @@ class BatchSizeScheduler:
                 else:
                     group["betas"] = (phase.momentum, *tuple(group["betas"])[1:])
 
+    def set_schedule(self, schedule: Schedule) -> None:
+        """Follow ``schedule`` from the next update on; it must agree with the old one on the updates made so far."""
+        started = self._epoch + (1 if self._position > 0 else 0)
+        self.schedule.check_continues(schedule, started)
+        self.schedule = schedule
+        self._apply()
+
     def step(self) -> None:
         """Advance past the batch just used and apply the values of the next update."""
         self._position += self.schedule.next_batch_size(self._epoch, self._position)

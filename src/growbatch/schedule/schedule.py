@@ -148,6 +148,18 @@ class Schedule:
         object.__setattr__(self, "_start_clocks", tuple(self._clock_of(p.start_epoch) for p in self.phases))
         object.__setattr__(self, "_start_epochs", tuple(p.start_epoch for p in self.phases))
 
+    def prefix(self, epoch: int) -> tuple[Phase, ...]:
+        """The phases before whole epoch ``epoch``, the last one cut there (what a run has trained by then)."""
+        return tuple(Phase(p.start_epoch, min(p.end_epoch, epoch), p.lr, p.batch_size, p.momentum)
+                     for p in self.phases if p.start_epoch < epoch)
+
+    def check_continues(self, other: Schedule, epoch: int) -> None:
+        """Raise ValueError unless ``other`` trains the same data and the same phases before epoch ``epoch``."""
+        same_data = (other.dataset_size, other.drop_last) == (self.dataset_size, self.drop_last)
+        if not same_data or other.prefix(epoch) != self.prefix(epoch):
+            raise ValueError(f"the new schedule should keep the data set, drop_last and every phase before epoch "
+                             f"{epoch} (already trained), but {other.name!r} differs from {self.name!r} there")
+
     # -- the clock -----------------------------------------------------------------
     @property
     def epochs(self) -> int:

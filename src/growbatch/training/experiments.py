@@ -6,6 +6,7 @@ increasing batch, increased initial lr with B ∝ eps, increased momentum with B
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -13,13 +14,14 @@ from pathlib import Path
 from ..atomic import write_json_atomically
 from ..batching.ghost_bn import check_ghost_batch_size
 from ..data import ImageDataset, load_dataset
+from ..schedule.adaptive import AdaptiveBatch
 from ..schedule.builders import default_max_batch_size, step_schedule
-from ..schedule.schedule import Schedule
+from ..schedule.schedule import Phase, Schedule
 from .distributed import DistInfo, from_main
 from .metrics import read_records
 from .rundir import RunLock, prepare_output_dir
 from .runfiles import CHECKPOINT_NAME, METRICS_NAME, train_run
-from .settings import EXPERIMENTS, ExperimentConfig, RunConfig
+from .settings import EXPERIMENTS, ExperimentConfig, RunConfig, RunSettings
 from .task import ClassificationTask
 from .trainer import Observer, StopFlag
 
@@ -56,7 +58,10 @@ def _schedules(config: ExperimentConfig, optimizer: str, n: int) -> dict[str, Sc
                              rule=rule)
 
     if config.experiment == "compare":
-        return {mode: build(mode, mode, lr, batch, momentum) for mode in ("decay", "hybrid", "increase")}
+        schedules = {mode: build(mode, mode, lr, batch, momentum) for mode in ("decay", "hybrid", "increase")}
+        if "adaptive" in (config.schedules or ()):  # starts at (lr, B0); grows after each epoch as measured
+            schedules["adaptive"] = Schedule((Phase(0, epochs, lr, batch, momentum),), n, name="adaptive")
+        return schedules
     k = config.factor
     high_momentum = 1.0 - (1.0 - momentum) / k  # B ∝ 1/(1-m): 0.9 -> 0.98 for factor 5
     return {
@@ -79,11 +84,45 @@ def run_configs(config: ExperimentConfig, dataset_size: int) -> list[RunConfig]:
         for schedule_name, schedule in schedules.items():
             if config.schedules is not None and schedule_name not in config.schedules:
                 continue
+            adaptive, settings = _adaptive(config, schedule_name, schedule, ghost, dataset_size)
             for seed in config.seeds:
                 runs.append(RunConfig(name=f"{schedule_name}-{optimizer}-seed{seed}", schedule=schedule,
                                       model=config.resolved_model, optimizer=optimizer, seed=seed,
-                                      ghost_batch_size=ghost, settings=config.run_settings()))
+                                      ghost_batch_size=ghost, adaptive=adaptive, settings=settings))
     return runs
+
+
+def _adaptive(config: ExperimentConfig, schedule_name: str, schedule: Schedule, ghost: int | None,
+              n: int) -> tuple[AdaptiveBatch | None, RunSettings]:
+    """The adaptive rule of a run (None for a step schedule) and its settings.
+
+    Batches stay whole ghost batches and, with a fixed micro-batch size, whole micro-batches. An adaptive run
+    measures in ``split`` mode where ``free`` was asked for: it needs a measurement every epoch.
+    """
+    settings = config.run_settings()
+    if schedule_name != "adaptive":
+        return None, settings
+    first = schedule.phases[0].batch_size
+    if ghost and first < 2 * ghost:
+        raise ValueError(f"the adaptive schedule measures the noise scale from two or more micro-batches per update, "
+                         f"but its initial batch {first} holds fewer than two ghost batches of {ghost}, which cannot be "
+                         f"cut; pass --ghost-batch-size {first // 2 or 1} (or 0), or a --batch-size of at least "
+                         f"{2 * ghost}")
+    multiple = ghost or 1
+    if isinstance(settings.micro_batch_size, int):
+        multiple = math.lcm(multiple, settings.micro_batch_size)
+    cap = config.max_batch_size or default_max_batch_size(n)
+    if settings.noise_scale == "free":
+        settings = dataclasses.replace(settings, noise_scale="split")
+    return AdaptiveBatch(config.noise_multiple, cap, multiple), settings
+
+
+def _realised_plan_updates(run: RunConfig, records: list[dict]) -> int:
+    """Updates the planner counts for the schedule the run followed (an adaptive one: as its records show)."""
+    if run.adaptive is None:
+        return run.schedule.plan().total_updates
+    phases = tuple(Phase(r["epoch"], r["epoch"] + 1, r["lr"], r["batch_size"], r["momentum"]) for r in records)
+    return Schedule(phases, run.schedule.dataset_size, run.schedule.drop_last).plan().total_updates
 
 
 def _summary_row(run: RunConfig, records: list[dict]) -> dict:
@@ -93,7 +132,7 @@ def _summary_row(run: RunConfig, records: list[dict]) -> dict:
         "epochs": len(records), "final_test_acc": last["test_acc"],
         "best_test_acc": max(r["test_acc"] for r in records), "updates": last["updates"],
         "samples": last["samples"], "wall_s": last["wall_s"],
-        "planned_updates": run.schedule.plan().total_updates,
+        "planned_updates": _realised_plan_updates(run, records),
         "allreduces": last.get("allreduces", 0), "allreduce_s": last.get("allreduce_s", 0.0),
     }
 

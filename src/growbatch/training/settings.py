@@ -15,6 +15,7 @@ from typing import Any
 from ..checks import check_number, check_positive_int
 from ..data import DATASET_NAMES
 from ..models import MODEL_NAMES
+from ..schedule.adaptive import AdaptiveBatch
 from ..schedule.builders import RULES
 from ..schedule.schedule import Schedule
 
@@ -24,7 +25,7 @@ __all__ = ["OPTIMIZERS", "EXPERIMENTS", "RunSettings", "ExperimentConfig", "RunC
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 EXPERIMENTS = ("compare", "paper-5.2")
 NOISE_SCALE_MODES = ("free", "split", "off")
-SCHEDULES = {"compare": ("decay", "hybrid", "increase"),
+SCHEDULES = {"compare": ("decay", "hybrid", "increase", "adaptive"),  # adaptive only when --schedules names it
              "paper-5.2": ("original", "increase", "increase-lr", "increase-momentum")}
 ALL_SCHEDULES = tuple(dict.fromkeys(name for names in SCHEDULES.values() for name in names))
 DEFAULT_MODEL = {"digits": "cnn", "mnist": "mnist-cnn", "fashion-mnist": "mnist-cnn", "cifar10": "wrn-16-4"}
@@ -151,6 +152,8 @@ class ExperimentConfig(RunSettings):
     momentum: float = setting(0.9, "momentum (Adam's beta1)", parse=float)
     max_batch_size: int | None = setting(None, "batch cap; past it the lr falls (default N/10)", parse=positive_int)
     factor: float = setting(5.0, "noise-scale step at each milestone", parse=float)
+    noise_multiple: float = setting(1.0, "adaptive: the batch tracks this many times the measured noise scale",
+                                    parse=float)
     rule: str | None = setting(None, "how a batch step replaces an lr step: linear (B x f), sqrt (B x f^2) or "
                                "seesaw (B x f, lr / sqrt f) (default: sqrt for adam, linear for SGD; compare only)",
                                choices=RULES)
@@ -187,6 +190,11 @@ class ExperimentConfig(RunSettings):
             if bad or not self.schedules or len(set(self.schedules)) != len(self.schedules):
                 raise ValueError(f"schedules should name distinct schedules of {self.experiment} "
                                  f"({', '.join(SCHEDULES[self.experiment])}), but got {', '.join(self.schedules)}")
+        if self.experiment == "compare" and "adaptive" in (self.schedules or ()) and self.noise_scale == "off":
+            raise ValueError("the adaptive schedule follows the measured noise scale; drop --noise-scale off")
+        check_number("noise_multiple", self.noise_multiple)
+        if not self.noise_multiple > 0:
+            raise ValueError(f"noise_multiple should be a positive number, but got noise_multiple={self.noise_multiple}")
         if self.rule is not None and self.rule not in RULES:
             raise ValueError(f"unknown rule {self.rule!r}; valid: {', '.join(RULES)}")
         if self.experiment == "paper-5.2" and self.rule not in (None, "linear"):
@@ -226,11 +234,15 @@ class RunConfig:
     optimizer: str = "momentum"  # sgd | momentum | nesterov | adam (momentum is Adam's beta1)
     seed: int = 0
     ghost_batch_size: int | None = None  # samples per ghost batch-norm batch; None: plain BN
+    adaptive: AdaptiveBatch | None = None  # the batch follows the measured noise scale (schedule/adaptive.py)
     settings: RunSettings = field(default_factory=RunSettings)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer should be one of {', '.join(OPTIMIZERS)}, but got optimizer={self.optimizer!r}")
+        if self.adaptive is not None and self.settings.noise_scale == "off":
+            raise ValueError("an adaptive run follows the measured noise scale, but noise_scale='off'; "
+                             "use noise_scale='split' (or 'free')")
         if self.optimizer == "sgd" and any(p.momentum for p in self.schedule.phases):
             raise ValueError("optimizer=sgd has no momentum, but the schedule sets momentum > 0; use momentum or nesterov")
 
@@ -238,13 +250,14 @@ class RunConfig:
         """JSON-safe settings (the schedule as its own dict), as written to ``config.json``."""
         own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "settings"}
         own["schedule"] = self.schedule.to_dict()
+        own["adaptive"] = None if self.adaptive is None else dataclasses.asdict(self.adaptive)
         return {**own, **{name: _json_value(getattr(self.settings, name)) for name in _RUN_SETTING_NAMES}}
 
 
 _RUN_SETTING_NAMES = tuple(f.name for f in dataclasses.fields(RunSettings))
 # NOTE [run-defined]: these are decided per run (a schedule, a seed) or resolved from the experiment
 # (model, ghost size); they always have to match for a checkpoint to continue.
-_RUN_DEFINED = ("model", "optimizer", "schedule", "seed", "ghost_batch_size")
+_RUN_DEFINED = ("model", "optimizer", "schedule", "seed", "ghost_batch_size", "adaptive")
 
 
 def compatible_keys() -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from torch import nn
 from ..batching.microbatch import MicroBatcher
 from ..batching.noise_scale import GradientNoiseScale
 from ..batching.scheduler import BatchSizeScheduler
+from ..schedule.schedule import Schedule
 from .checkpoint import capture_rng, restore_rng
 from .distributed import (
     AllReduceStats,
@@ -137,6 +138,7 @@ class Trainer:
                                   autocast_dtype=torch.bfloat16 if info.device.type == "cuda" else None,
                                   noise_scale=self.noise_scale, split_for_noise_scale=mode == "split")
         self.state = TrainerState(last_lr=self.scheduler.get_last_lr()[0])
+        self.schedule = config.schedule  # as realised so far: an adaptive run extends it after every epoch
 
     # -- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -155,11 +157,12 @@ class Trainer:
                          "last_batch_size": state.last_batch_size},
             "tally": {"loss_sum": totals[0], "samples": int(totals[1]), "sums": dict(zip(keys, totals[2:])),
                       "micro_batch_size": tally.micro_batch_size},
-            "records": list(state.records),
+            "records": list(state.records), "schedule": self.schedule.to_dict(),
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; rank 0 takes the saved tally (the sum over ranks), the others start at 0."""
+        self.set_schedule(Schedule.from_dict(saved["schedule"]))  # first: the clocks below are on it
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -210,6 +213,9 @@ class Trainer:
         while self.state.epoch < self.config.schedule.epochs:
             since = self.train_epoch(checkpoint)
             record = self.end_epoch(since)
+            if self.config.adaptive is not None:  # before the checkpoint, which records the realised schedule
+                self.set_schedule(self.config.adaptive.extend(self.schedule, record["epoch"],
+                                                              record["gradient_noise_scale"]))
             checkpoint()
             if write is not None:
                 write(record)
@@ -227,7 +233,7 @@ class Trainer:
             sampler.set_epoch(self.state.epoch)
         # NOTE [epoch-end checkpoint]: a checkpoint after an epoch's last update holds the sampler at the
         # end of that epoch; a new pass would start the next epoch, so nothing is left to train here
-        done = self.config.schedule.next_batch_size(sampler.epoch, sampler.position) == 0
+        done = self.schedule.next_batch_size(sampler.epoch, sampler.position) == 0
         if self.observer is not None:
             self.observer.epoch_started(self.config, self.state.epoch, 0 if done else len(self.loader))
         started = time.perf_counter()
@@ -257,7 +263,7 @@ class Trainer:
         keys = sorted(tally.sums)
         loss_total, count, *sums = sum_over_ranks(
             [tally.loss_sum, float(tally.samples), *(tally.sums[k] for k in keys)], self.info.device)
-        phase = self.config.schedule.phase_at(state.epoch)
+        phase = self.schedule.phase_at(state.epoch)
         record = {
             "epoch": state.epoch, "updates": state.updates, "samples": state.samples, "wall_s": round(state.wall_s, 4),
             "lr": phase.lr, "batch_size": phase.batch_size, "momentum": phase.momentum,
@@ -269,6 +275,12 @@ class Trainer:
         state.epoch += 1
         state.tally = EpochTally()
         return record
+
+    def set_schedule(self, schedule: Schedule) -> None:
+        """Train the coming updates by ``schedule`` (the sampler's batches, the scheduler's lr and momentum)."""
+        self.loader.batch_sampler.set_schedule(schedule)
+        self.scheduler.set_schedule(schedule)
+        self.schedule = schedule
 
     def check_finite(self) -> None:
         """Raise DivergenceError if a weight, buffer or optimizer state holds inf or NaN (checked before a checkpoint)."""
