@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_DIR=${DATA_DIR:-../shared/data}
 BIN=${BIN:-.venv/bin}
-ORDER=(mnist-compare mnist-paper-5.2 mnist-paper-5.2-long fashion-mnist-compare cifar10-compare mnist-full-reference)
+ORDER=(mnist-compare mnist-paper-5.2 mnist-paper-5.2-long fashion-mnist-compare cifar10-compare mnist-full-reference
+       fashion-mnist-rules fashion-mnist-adaptive-momentum)
 names=("$@")
 [[ ${#names[@]} -eq 0 ]] && { echo "usage: bash studies/run.sh NAME... | all (names: ${ORDER[*]})" >&2; exit 2; }
 [[ ${names[0]} == all ]] && names=("${ORDER[@]}")

@@ -42,8 +42,10 @@ def test_bad_rules_are_named() -> None:
         step_schedule("increase", rule="cubic", **COMMON)
     with pytest.raises(ValueError, match="exact=True .* rule='sqrt' cannot be combined"):
         step_schedule("increase", rule="sqrt", exact=True, **COMMON)
-    with pytest.raises(ValueError, match="paper-5.2 scales .* --rule sqrt applies to compare only"):
-        ExperimentConfig(experiment="paper-5.2", rule="sqrt")
+    with pytest.raises(ValueError, match="paper-5.2 scales .* --rules sqrt applies to compare only"):
+        ExperimentConfig(experiment="paper-5.2", rules=("sqrt",))
+    with pytest.raises(ValueError, match="rules should name distinct rules of linear, sqrt, seesaw, but got sqrt, sqrt"):
+        ExperimentConfig(rules=("sqrt", "sqrt"))
 
 
 def test_adam_defaults_to_the_square_root_rule_and_sgd_to_the_linear_one() -> None:
@@ -51,8 +53,19 @@ def test_adam_defaults_to_the_square_root_rule_and_sgd_to_the_linear_one() -> No
     increase = {r.optimizer: r.schedule for r in runs if r.schedule.name == "increase"}
     assert [p.batch_size for p in increase["momentum"].phases] == [8, 40, 144, 144]
     assert [p.batch_size for p in increase["adam"].phases] == [8, 144, 144, 144]  # x25 = 200 passes the cap 144
-    seesaw = run_configs(ExperimentConfig(optimizers=("adam",), epochs=6, rule="seesaw"), 1442)
+    seesaw = run_configs(ExperimentConfig(optimizers=("adam",), epochs=6, rules=("seesaw",)), 1442)
     assert [p.batch_size for p in seesaw[2].schedule.phases] == [8, 40, 144, 144]
+
+
+def test_several_rules_give_one_run_per_rule_named_by_it() -> None:
+    config = ExperimentConfig(optimizers=("adam",), epochs=6, schedules=("decay", "increase"),
+                              rules=("linear", "sqrt", "seesaw"))
+    runs = run_configs(config, 1442)
+    assert [r.name for r in runs] == ["decay-adam-seed0", "increase-linear-adam-seed0", "increase-sqrt-adam-seed0",
+                                      "increase-seesaw-adam-seed0"]
+    assert [[p.batch_size for p in r.schedule.phases] for r in runs[1:]] == [[8, 40, 144, 144], [8, 144, 144, 144],
+                                                                              [8, 40, 144, 144]]
+    assert runs[3].schedule.phases[1].lr == pytest.approx(1e-3 / 5**0.5)  # seesaw: lr / sqrt(5) with B x5
 
 
 def test_plan_prints_the_rule_in_the_schedule_name(capsys: pytest.CaptureFixture) -> None:
@@ -72,7 +85,7 @@ def test_schedules_picks_a_subset_in_the_experiments_order(capsys: pytest.Captur
     assert [r.name for r in runs] == ["decay-momentum-seed0", "decay-momentum-seed1", "increase-momentum-seed0",
                                       "increase-momentum-seed1"]
     with pytest.raises(ValueError, match=r"schedules should name distinct schedules of compare \(decay, hybrid, "
-                                         r"increase\), but got increase-lr"):
+                                         r"increase, adaptive\), but got increase-lr"):
         ExperimentConfig(schedules=("increase-lr",))
     assert main(["run", "--schedules", "decay,cosine"]) == 2
-    assert "unknown cosine; valid: decay, hybrid, increase, original" in capsys.readouterr().err
+    assert "unknown cosine; valid: decay, hybrid, increase, adaptive, original" in capsys.readouterr().err

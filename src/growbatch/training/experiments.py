@@ -50,26 +50,31 @@ def _schedules(config: ExperimentConfig, optimizer: str, n: int) -> dict[str, Sc
     if config.experiment == "paper-5.2" and config.batch_size is None:
         batch = max(1, min(batch, cap // round(config.factor ** 2)))  # leave room for B0 x factor^2
 
-    rule = config.resolved_rule(optimizer)
-
-    def build(mode: str, name: str, lr_: float, batch_: int, momentum_: float) -> Schedule:
+    def build(mode: str, name: str, lr_: float, batch_: int, momentum_: float, rule: str = "linear") -> Schedule:
         return step_schedule(mode, lr=lr_, batch_size=batch_, epochs=epochs, milestones=milestones,
                              factor=config.factor, dataset_size=n, momentum=momentum_, max_batch_size=cap, name=name,
                              rule=rule)
 
     if config.experiment == "compare":
-        schedules = {mode: build(mode, mode, lr, batch, momentum) for mode in ("decay", "hybrid", "increase")}
-        if "adaptive" in (config.schedules or ()):  # starts at (lr, B0); grows after each epoch as measured
+        wanted = config.schedules or ("decay", "hybrid", "increase")  # adaptive only when asked for
+        rules = config.resolved_rules(optimizer)
+        schedules = {"decay": build("decay", "decay", lr, batch, momentum)} if "decay" in wanted else {}
+        for mode in (m for m in ("hybrid", "increase") if m in wanted):
+            for rule in rules:  # one rule: the plain name; several: one run per rule, named by it
+                name = mode if len(rules) == 1 else f"{mode}-{rule}"
+                schedules[name] = build(mode, name, lr, batch, momentum, rule)
+        if "adaptive" in wanted:  # starts at (lr, B0); grows after each epoch as measured
             schedules["adaptive"] = Schedule((Phase(0, epochs, lr, batch, momentum),), n, name="adaptive")
         return schedules
     k = config.factor
     high_momentum = 1.0 - (1.0 - momentum) / k  # B ∝ 1/(1-m): 0.9 -> 0.98 for factor 5
-    return {
+    schedules = {
         "original": build("decay", "original", lr, batch, momentum),
         "increase": build("increase", "increase", lr, batch, momentum),
         "increase-lr": build("increase", "increase-lr", lr * k, round(batch * k), momentum),
         "increase-momentum": build("increase", "increase-momentum", lr * k, round(batch * k * k), high_momentum),
     }
+    return {name: s for name, s in schedules.items() if config.schedules is None or name in config.schedules}
 
 
 def run_configs(config: ExperimentConfig, dataset_size: int) -> list[RunConfig]:
@@ -82,8 +87,6 @@ def run_configs(config: ExperimentConfig, dataset_size: int) -> list[RunConfig]:
         base_batch = next(iter(schedules.values())).phases[0].batch_size
         ghost = None if config.ghost_batch_size == 0 else (config.ghost_batch_size or base_batch)
         for schedule_name, schedule in schedules.items():
-            if config.schedules is not None and schedule_name not in config.schedules:
-                continue
             adaptive, settings = _adaptive(config, schedule_name, schedule, ghost, dataset_size)
             for seed in config.seeds:
                 runs.append(RunConfig(name=f"{schedule_name}-{optimizer}-seed{seed}", schedule=schedule,

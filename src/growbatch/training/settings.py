@@ -154,9 +154,10 @@ class ExperimentConfig(RunSettings):
     factor: float = setting(5.0, "noise-scale step at each milestone", parse=float)
     noise_multiple: float = setting(1.0, "adaptive: the batch tracks this many times the measured noise scale",
                                     parse=float)
-    rule: str | None = setting(None, "how a batch step replaces an lr step: linear (B x f), sqrt (B x f^2) or "
-                               "seesaw (B x f, lr / sqrt f) (default: sqrt for adam, linear for SGD; compare only)",
-                               choices=RULES)
+    rules: tuple[str, ...] | None = setting(
+        None, "how a batch step replaces an lr step, comma-separated: linear (B x f), sqrt (B x f^2), seesaw (B x f, "
+        "lr / sqrt f); several give a hybrid and an increase run per rule, named increase-sqrt etc. (default: sqrt for "
+        "adam, linear for SGD; compare only)", parse=name_list(RULES))
     ghost_batch_size: int | None = setting(
         None, "ghost batch norm size (default: the initial batch size; 0 turns ghost BN off)", parse=int)
     train_size: int | None = setting(
@@ -195,20 +196,22 @@ class ExperimentConfig(RunSettings):
         check_number("noise_multiple", self.noise_multiple)
         if not self.noise_multiple > 0:
             raise ValueError(f"noise_multiple should be a positive number, but got noise_multiple={self.noise_multiple}")
-        if self.rule is not None and self.rule not in RULES:
-            raise ValueError(f"unknown rule {self.rule!r}; valid: {', '.join(RULES)}")
-        if self.experiment == "paper-5.2" and self.rule not in (None, "linear"):
+        if self.rules is not None:
+            bad = [rule for rule in self.rules if rule not in RULES]
+            if bad or not self.rules or len(set(self.rules)) != len(self.rules):
+                raise ValueError(f"rules should name distinct rules of {', '.join(RULES)}, but got {', '.join(self.rules)}")
+        if self.experiment == "paper-5.2" and self.rules not in (None, ("linear",)):
             raise ValueError(f"paper-5.2 scales lr and momentum by the paper's linear rules (B ∝ lr, B ∝ 1/(1-m)); "
-                             f"--rule {self.rule} applies to compare only")
+                             f"--rules {','.join(self.rules)} applies to compare only")
         if self.ghost_batch_size is not None and (self.ghost_batch_size < 0 or isinstance(self.ghost_batch_size, bool)):
             raise ValueError(f"--ghost-batch-size should be a positive integer (or 0 for plain batch norm), "
                              f"but got {self.ghost_batch_size}")
 
-    def resolved_rule(self, optimizer: str) -> str:
-        """The conversion rule of ``optimizer``'s schedules: the square-root rule for Adam, else SGD's linear one."""
-        if self.rule is not None:
-            return self.rule
-        return "sqrt" if optimizer == "adam" and self.experiment == "compare" else "linear"
+    def resolved_rules(self, optimizer: str) -> tuple[str, ...]:
+        """The conversion rules of ``optimizer``'s schedules: by default the square-root rule for Adam, else SGD's."""
+        if self.rules is not None:
+            return self.rules
+        return ("sqrt",) if optimizer == "adam" and self.experiment == "compare" else ("linear",)
 
     @property
     def resolved_model(self) -> str:
