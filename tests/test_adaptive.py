@@ -129,3 +129,21 @@ def test_a_sampler_and_a_scheduler_take_a_new_schedule_only_if_it_keeps_what_was
         sampler.set_schedule(rewritten)
     sampler.set_schedule(grown)
     assert [len(batch) for batch in sampler][:2] == [64, 64]  # epoch 1 at the new size
+
+
+def test_the_report_shows_the_realised_adaptive_batch_and_the_measured_noise_scale(tmp_path) -> None:
+    import json
+
+    from growbatch.cli import main
+
+    out = tmp_path / "out"
+    assert main(["run", "--schedules", "decay,adaptive", "--epochs", "3", "--batch-size", "16", "--ghost-batch-size",
+                 "4", "--micro-batch-size", "8", "--out", str(out), "--no-progress"]) == 0
+    records = [json.loads(line) for line in (out / "adaptive-momentum-seed0" / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    adaptive = next(r for r in summary["runs"] if r["schedule"] == "adaptive")
+    assert adaptive["updates"] == adaptive["planned_updates"] == sum(-(-1442 // r["batch_size"]) for r in records)
+    assert records[-1]["batch_size"] > 16  # it grew
+    page = (out / "report.html").read_text()
+    assert (out / "noise_scale.png").stat().st_size > 0 and "Measured gradient noise scale" in page
+    assert page.count("<img src='data:image/png;base64,") == 5

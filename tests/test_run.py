@@ -137,7 +137,11 @@ def test_report_is_self_contained_with_tables(tiny_run: tuple[Path, str]) -> Non
     out, _ = tiny_run
     html = (out / "report.html").read_text()
     images = re.findall(r"<img[^>]+src=['\"]([^'\"]+)['\"]", html)
-    assert len(images) == 4 and all(src.startswith("data:image/png;base64,") for src in images)
+    # the four figures, and the measured noise scale where one was measured (batches of two micro-batches)
+    measured = any(json.loads(line)["gradient_noise_scale"] for line in (out / "increase-momentum-seed0" /
+                                                                          "metrics.jsonl").read_text().splitlines())
+    assert measured and (out / "noise_scale.png").exists()
+    assert len(images) == 5 and all(src.startswith("data:image/png;base64,") for src in images)
     for src in images:
         assert base64.b64decode(src.split(",", 1)[1])[:4] == b"\x89PNG"
     summary = json.loads((out / "summary.json").read_text())

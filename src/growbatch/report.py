@@ -101,7 +101,7 @@ def _figures(runs: list[dict], out: Path) -> None:
 
     fig, (ax_lr, ax_b) = plt.subplots(1, 2, figsize=(10, 3.6))
     for schedule, run in first_of.items():
-        phases = run["config"]["schedule"]["phases"]
+        phases = _realised_phases(run)
         xs = [p["start_epoch"] for p in phases] + [phases[-1]["end_epoch"]]
         ax_lr.step(xs, [p["lr"] for p in phases] + [phases[-1]["lr"]], where="post", label=schedule)
         ax_b.step(xs, [p["batch_size"] for p in phases] + [phases[-1]["batch_size"]], where="post", label=schedule)
@@ -137,6 +137,45 @@ def _figures(runs: list[dict], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "wall_time.png", dpi=110)
     plt.close(fig)
+
+
+def _realised_phases(run: dict) -> list[dict]:
+    """The phases a run followed: its config's schedule, or for an adaptive run the epochs' records."""
+    if not run["config"].get("adaptive"):
+        return run["config"]["schedule"]["phases"]
+    return [{"start_epoch": r["epoch"], "end_epoch": r["epoch"] + 1, "lr": r["lr"], "batch_size": r["batch_size"]}
+            for r in run["records"]]
+
+
+NOISE_SCALE_FIGURE = ("noise_scale.png", "Measured gradient noise scale B_simple against the batch size used "
+                      "(log scales; on the dashed line the batch equals B_simple)")
+
+
+def _noise_scale_figure(runs: list[dict], out: Path) -> bool:
+    """B_simple of every epoch against that epoch's batch, per schedule; False (no file) where nothing was measured."""
+    measured = [(run, [(r["batch_size"], r["gradient_noise_scale"]) for r in run["records"]
+                       if r.get("gradient_noise_scale")]) for run in runs]
+    measured = [(run, points) for run, points in measured if points]
+    if not measured:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    colors: dict[str, str] = {}
+    for run, points in measured:
+        label = f"{run['schedule']} ({run['optimizer']})"
+        batches, values = zip(*points)
+        (line,) = ax.plot(batches, values, marker="o", color=colors.get(label),
+                          label=None if label in colors else label, alpha=0.8)
+        colors.setdefault(label, line.get_color())
+    every = [v for _, points in measured for point in points for v in point]
+    low, high = min(every) / 1.5, max(every) * 1.5
+    ax.plot([low, high], [low, high], linestyle="--", color="grey", linewidth=1)
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="gradient noise scale B_simple")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / NOISE_SCALE_FIGURE[0], dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _tables(runs: list[dict]) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
@@ -176,6 +215,9 @@ def build_report(out: Path) -> Path:
         raise ValueError(f"{out} is not a run directory (it does not exist); pass the --out of a growbatch run")
     runs = load_runs(out)
     _figures(runs, out)
+    figures = dict(FIGURES)
+    if _noise_scale_figure(runs, out):
+        figures[NOISE_SCALE_FIGURE[0]] = NOISE_SCALE_FIGURE[1]
     agg_head, agg, run_head, per_run = _tables(runs)
     experiment = {}
     if (out / "experiment.json").exists():
@@ -185,14 +227,14 @@ def build_report(out: Path) -> Path:
 
     md = [f"# {title}", "", f"Settings: {setting}", "", "## Summary (mean ± std over seeds)", "",
           _markdown_table(agg_head, agg), "", "## Runs", "", _markdown_table(run_head, per_run), ""]
-    for name, caption in FIGURES.items():
+    for name, caption in figures.items():
         md += [f"## {caption}", "", f"![{caption}]({name})", ""]
     (out / "report.md").write_text("\n".join(md))
 
     figures_html = "".join(
         f"<figure><img src='data:image/png;base64,{base64.b64encode((out / name).read_bytes()).decode()}' "
         f"alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
-        for name, caption in FIGURES.items())
+        for name, caption in figures.items())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
