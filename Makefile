@@ -8,11 +8,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[test]"
+	# issue 18: TensorBoard for the --tensorboard tests; constraints.txt keeps torch at 2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[tensorboard]"
 	touch $(STAMP)
 
 # The paper's §5.1 comparison on the embedded digits data set (about a minute on 2 cores);

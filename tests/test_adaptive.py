@@ -146,4 +146,4 @@ def test_the_report_shows_the_realised_adaptive_batch_and_the_measured_noise_sca
     assert records[-1]["batch_size"] > 16  # it grew
     page = (out / "report.html").read_text()
     assert (out / "noise_scale.png").stat().st_size > 0 and "Measured gradient noise scale" in page
-    assert page.count("<img src='data:image/png;base64,") == 5
+    assert page.count("<img src='data:image/png;base64,") == 6  # the five of every report and the noise scale

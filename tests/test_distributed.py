@@ -75,7 +75,11 @@ def test_two_processes_write_once_from_rank_0(one_and_two_processes) -> None:
     summary = json.loads((two / "summary.json").read_text())
     assert summary["world_size"] == 2 and [row["name"] for row in summary["runs"]] == list(RUNS)
     assert json.loads((two / RUNS[0] / "config.json").read_text())["world_size"] == 2
-    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    # the same files, except the noise-scale figure: two ranks' shares measure B_simple for free (each rank's
+    # gradient is a small batch), one process with one micro-batch per update has nothing to compare
+    assert sorted(p.name for p in two.iterdir()) == sorted([p.name for p in one.iterdir()] + ["noise_scale.png"])
+    assert all(r["gradient_noise_scale"] is None for r in _records(one, RUNS[0]))
+    assert _records(two, RUNS[0])[-1]["gradient_noise_scale"] > 0
     assert not list(two.rglob("*.tmp")) and not (two / ".growbatch.lock").exists()
     # one line per epoch and one report path: nothing printed twice
     lines = output.splitlines()

@@ -25,8 +25,8 @@ SUMMARY_RUN_KEYS = {"name", "schedule", "optimizer", "seed", "epochs", "final_te
 # every metrics line of the image task, in this order
 METRIC_KEYS = ("epoch", "updates", "samples", "wall_s", "lr", "batch_size", "momentum", "train_loss", "train_acc",
                "test_loss", "test_acc", "allreduces", "allreduce_s", "micro_batch_size", "gradient_noise_scale")
-REPORT_FILES = ("report.html", "report.md", "schedules.png", "test_acc_epochs.png", "test_acc_updates.png",
-                "wall_time.png")
+REPORT_FILES = ("report.html", "report.md", "schedules.png", "train_loss.png", "test_acc_epochs.png",
+                "test_acc_updates.png", "wall_time.png")
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +137,11 @@ def test_report_is_self_contained_with_tables(tiny_run: tuple[Path, str]) -> Non
     out, _ = tiny_run
     html = (out / "report.html").read_text()
     images = re.findall(r"<img[^>]+src=['\"]([^'\"]+)['\"]", html)
-    # the four figures, and the measured noise scale where one was measured (batches of two micro-batches)
+    # the five figures, and the measured noise scale where one was measured (batches of two micro-batches)
     measured = any(json.loads(line)["gradient_noise_scale"] for line in (out / "increase-momentum-seed0" /
                                                                           "metrics.jsonl").read_text().splitlines())
     assert measured and (out / "noise_scale.png").exists()
-    assert len(images) == 5 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert len(images) == 6 and all(src.startswith("data:image/png;base64,") for src in images)
     for src in images:
         assert base64.b64decode(src.split(",", 1)[1])[:4] == b"\x89PNG"
     summary = json.loads((out / "summary.json").read_text())

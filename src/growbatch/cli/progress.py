@@ -1,21 +1,24 @@
-"""What a person watching ``growbatch run`` sees: a progress bar per epoch on a terminal, one line per epoch elsewhere."""
+"""What a person watching ``growbatch run`` sees: a bar per epoch (lr, batch size, running loss) on a
+terminal, one kept line per epoch everywhere, and a table of the runs at the end."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 from ..training.settings import RunConfig
 
-__all__ = ["ProgressObserver"]
+__all__ = ["ProgressObserver", "runs_table"]
 
 
 class ProgressObserver:
     """The Trainer's observer for the CLI (rank 0 only).
 
     Args:
-        bars: tqdm bars where stderr is a terminal; without them, or off a terminal (CI, a log file),
-            a plain line per epoch: lr, batch, train loss, test accuracy, updates and wall time.
+        bars: a tqdm bar per epoch where stderr is a terminal, showing the lr, the batch size and the
+            running training loss; it gives way to the epoch's summary line, which stays (as off a
+            terminal: CI, a log file).
     """
 
     def __init__(self, bars: bool = True) -> None:
@@ -27,22 +30,50 @@ class ProgressObserver:
         if self.bars:
             from tqdm import tqdm
 
+            # a terminal that reports no width (a bare pseudo-terminal) would get an empty bar from tqdm
+            sized = _terminal_columns() > 0
             self._bar = tqdm(total=updates_in_epoch, desc=f"{run.name} epoch {epoch + 1}/{run.schedule.epochs}",
-                             leave=False, dynamic_ncols=True)
+                             leave=False, dynamic_ncols=sized, ncols=None if sized else 120, file=sys.stderr)
 
-    def update_done(self, trainer: object) -> None:
-        if self._bar is not None:
-            self._bar.update(1)
+    def update_done(self, trainer: Any) -> None:
+        if self._bar is None:
+            return
+        state, tally = trainer.state, trainer.state.tally
+        loss = tally.loss_sum / tally.samples if tally.samples else float("nan")
+        # refresh=False: the bar redraws at its own rate, not once per update
+        self._bar.set_postfix_str(f"lr={state.last_lr:.4g} batch={state.last_batch_size} loss={loss:.4f}",
+                                  refresh=False)
+        self._bar.update(1)
 
     def epoch_ended(self, run: RunConfig, record: dict) -> None:
         self._close()
-        if not self.bars:
-            print(f"[{run.name}] epoch {record['epoch'] + 1}/{run.schedule.epochs} lr={record['lr']:.4g} "
-                  f"batch={record['batch_size']} train_loss={record['train_loss']:.4f} "
-                  f"test_acc={record['test_acc']:.4f} updates={record['updates']} ({record['wall_s']:.1f} s)",
-                  file=sys.stderr, flush=True)
+        print(f"[{run.name}] epoch {record['epoch'] + 1}/{run.schedule.epochs} lr={record['lr']:.4g} "
+              f"batch={record['batch_size']} train_loss={record['train_loss']:.4f} "
+              f"test_acc={record['test_acc']:.4f} updates={record['updates']} ({record['wall_s']:.1f} s)",
+              file=sys.stderr, flush=True)
+
+    def finished(self, summary: dict) -> None:
+        """The runs at a glance; the report's path follows on stdout (``growbatch run`` prints it last)."""
+        print(runs_table(summary["runs"]), file=sys.stderr, flush=True)
 
     def _close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _terminal_columns() -> int:
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        return 0
+
+
+def runs_table(rows: list[dict]) -> str:
+    """A plain-text table of ``summary.json``'s runs: final test accuracy, updates, wall time."""
+    head = ("run", "final test acc %", "updates", "wall s")
+    body = [(r["name"], f"{100 * r['final_test_acc']:.2f}", f"{r['updates']:,}", f"{r['wall_s']:.1f}") for r in rows]
+    widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in (head, *body)]
+    return "\n".join(lines)

@@ -11,8 +11,12 @@ __all__ = ["add_report_parser"]
 
 
 def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("report", help="rebuild the report of a run directory from its metrics")
-    p.add_argument("run_dir", help="the --out directory of a growbatch run")
+    p = subparsers.add_parser(
+        "report", help="rebuild the report of a run directory from its metrics",
+        description="Rebuild RUN_DIR/report.html (self-contained), report.md and the PNG figures from each run's "
+                    "config.json and metrics.jsonl alone (no checkpoint needed); prints the report's path. "
+                    "Works on a finished, interrupted or still running experiment.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a growbatch run")
     p.set_defaults(handler=_report)
 
 

@@ -35,26 +35,31 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Train decay / hybrid / increase (compare, §5.1) or the four §5.2 schedules, then write "
                     "OUT/report.html. With no argument: compare on the embedded digits data set.")
     p.add_argument("experiment", nargs="?", default="compare", choices=EXPERIMENTS,
-                   help="compare (§5.1: decay, hybrid, increase) or paper-5.2 (§5.2's four schedules)")
+                   help="which comparison to train: compare (§5.1: decay, hybrid, increase) or paper-5.2 "
+                        "(§5.2: original, increase, increase-lr, increase-momentum) (default: compare)")
     for setting in flag_settings():  # every training setting, declared once in training/settings.py
         add_setting_flag(p, setting)
-    p.add_argument("--download", action="store_true", help="download missing data set files (checksums verified)")
+    p.add_argument("--download", action="store_true", help="download missing data set files (checksums verified) (default: off)")
     p.add_argument("--out", default=None, help="output directory (default runs/EXPERIMENT-DATASET)")
     p.add_argument("--workers", type=_flag_type(positive_int), default=None,
-                   help="CPU threads for training (data sets are held in memory, so no loader processes)")
-    p.add_argument("--resume", action="store_true", help="continue the experiment already in --out")
-    p.add_argument("--force", action="store_true", help="start over in an --out that holds results")
-    p.add_argument("--no-progress", action="store_true", help="plain lines instead of progress bars")
+                   help="CPU threads for training (data sets are held in memory, so no loader processes; "
+                        "default: torch's choice)")
+    p.add_argument("--resume", action="store_true", help="continue the experiment already in --out (default: off)")
+    p.add_argument("--force", action="store_true", help="start over in an --out that holds results (default: off)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on a terminal, only the per-epoch lines (default: off)")
     p.set_defaults(handler=_run)
 
 
 def add_setting_flag(parser: argparse.ArgumentParser, setting: dataclasses.Field) -> None:
     """``--name-with-dashes`` for a settings field: its parser, choices, default and help from its metadata."""
     flag, meta = "--" + setting.name.replace("_", "-"), setting.metadata
-    shown = f" (default {_shown(setting.default)})" if setting.default not in (None, False) else ""
+    shown = f" (default: {_shown(setting.default)})"
+    if setting.default is None:  # resolved from other settings: the help says how, or nothing is used
+        shown = "" if "default" in meta["help"] else " (default: not set)"
     if isinstance(setting.default, bool) and meta["parse"] is None:  # a switch: --x, or --x/--no-x when on
         action = "store_true" if setting.default is False else argparse.BooleanOptionalAction
-        parser.add_argument(flag, action=action, default=setting.default, help=meta["help"])
+        parser.add_argument(flag, action=action, default=setting.default,
+                            help=meta["help"] + (" (default: off)" if setting.default is False else " (default: on)"))
         return
     parser.add_argument(flag, default=setting.default, choices=meta["choices"], help=meta["help"] + shown,
                         type=_flag_type(meta["parse"]) if meta["parse"] is not None else None)
@@ -113,12 +118,13 @@ def _run(args: argparse.Namespace) -> int:
     try:
         dataset = load_dataset(config.dataset, config.data_dir, download=args.download)
         observer = ProgressObserver(bars=not args.no_progress) if info.is_main else None
-        run_experiment(config, out, info=info, resume=args.resume, force=args.force, stop=stop,
-                       observer=observer, dataset=dataset)
+        summary = run_experiment(config, out, info=info, resume=args.resume, force=args.force, stop=stop,
+                                 observer=observer, dataset=dataset)
         in_step = True
         if info.is_main:
             path = build_report(out)
-            print(path)
+            observer.finished(summary)
+            print(path)  # last, on stdout: the one line a script reads
     except Interrupted as err:
         in_step = True
         if info.is_main:

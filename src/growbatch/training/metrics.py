@@ -5,13 +5,15 @@ A run killed mid-write leaves a torn last line; readers detect and ignore it.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
 
 from ..atomic import write_bytes_atomically
 
-__all__ = ["append_record", "read_records", "write_records"]
+__all__ = ["append_record", "read_records", "write_records", "write_csv"]
 
 def append_record(path: Path, record: dict) -> None:
     """Append one record as a line and make it durable before returning."""
@@ -48,3 +50,16 @@ def read_records(path: Path) -> list[dict]:
 def write_records(path: Path, records: list[dict]) -> None:
     """Replace a metrics file atomically with ``records`` (used when resuming from a checkpoint)."""
     write_bytes_atomically(path, "".join(json.dumps(record) + "\n" for record in records).encode("utf-8"))
+
+
+def write_csv(path: Path, records: list[dict]) -> None:
+    """Replace ``path`` atomically with ``records`` as CSV: a header of every key (in order of first
+    appearance), one row per record; numbers written as ``json`` writes them, so the two files read back equal."""
+    keys = list(dict.fromkeys(key for record in records for key in record))
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(keys)
+    for record in records:
+        writer.writerow([json.dumps(record[k]) if k in record and not isinstance(record[k], str) else record.get(k, "")
+                         for k in keys])
+    write_bytes_atomically(path, text.getvalue().encode("utf-8"))

@@ -16,16 +16,19 @@ from .. import __version__
 from ..atomic import write_json_atomically
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .distributed import DistInfo, average_buffers, from_main
-from .metrics import append_record, write_records
+from .metrics import append_record, write_csv, write_records
 from .settings import RunConfig
 from .task import Task
 from .trainer import DivergenceError, Interrupted, Observer, StopFlag, Trainer
 
-__all__ = ["RunFiles", "train_run", "CHECKPOINT_NAME", "METRICS_NAME", "CONFIG_NAME"]
+__all__ = ["RunFiles", "train_run", "CHECKPOINT_NAME", "METRICS_NAME", "METRICS_CSV_NAME", "CONFIG_NAME",
+           "TENSORBOARD_DIR"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
+METRICS_CSV_NAME = "metrics.csv"  # the same records as metrics.jsonl, for spreadsheets and pandas
 CONFIG_NAME = "config.json"
+TENSORBOARD_DIR = "tensorboard"
 
 
 class RunFiles:
@@ -35,6 +38,8 @@ class RunFiles:
         self.run_dir, self.config, self.info = Path(run_dir), config, info
         self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
         self.metrics_path = self.run_dir / METRICS_NAME
+        self.records: list[dict] = []
+        self._tensorboard: Any = None
 
     def load(self, resume: bool) -> dict[str, Any] | None:
         """The checkpoint to continue (read by rank 0, handed to every rank), or None to start afresh."""
@@ -56,6 +61,12 @@ class RunFiles:
                                                            "world_size": self.info.world_size})
         if resumed or self.metrics_path.exists():  # the checkpoint is the truth
             write_records(self.metrics_path, records)
+        self.records = list(records)
+        write_csv(self.run_dir / METRICS_CSV_NAME, self.records)
+        if self.config.settings.tensorboard:
+            # steps are 1-based epochs: on a resume, events after the checkpoint's last epoch are dropped
+            self._tensorboard = _tensorboard_writer(self.run_dir / TENSORBOARD_DIR,
+                                                    purge_step=len(records) + 1 if records else 0)
 
     def save(self, trainer: Trainer) -> None:
         """Checkpoint ``trainer`` (every rank takes part: buffers are averaged, the tally summed)."""
@@ -67,8 +78,22 @@ class RunFiles:
             save_checkpoint(self.checkpoint_path, {"config": self.config.to_dict(), **state})
 
     def append(self, record: dict) -> None:
-        if self.info.is_main:
-            append_record(self.metrics_path, record)
+        """One epoch's record: a line of metrics.jsonl (made durable first), metrics.csv, the TensorBoard scalars."""
+        if not self.info.is_main:
+            return
+        append_record(self.metrics_path, record)
+        self.records.append(record)
+        write_csv(self.run_dir / METRICS_CSV_NAME, self.records)  # rewritten whole: a few hundred lines at most
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tensorboard.add_scalar(key, value, global_step=record["epoch"] + 1)
+            self._tensorboard.flush()
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
     def kept(self) -> str:
         """What a diverged run leaves behind, and what to do about it."""
@@ -101,6 +126,8 @@ def train_run(config: RunConfig, task: Task, run_dir: Path, *, info: DistInfo, r
         raise DivergenceError(f"{err}; {files.kept()}") from None
     except Interrupted as err:
         raise Interrupted(f"{err}; checkpoint written to {files.checkpoint_path}") from None
+    finally:
+        files.close()
 
 
 def _restore(trainer: Trainer, saved: dict[str, Any], files: RunFiles) -> None:
@@ -112,6 +139,17 @@ def _restore(trainer: Trainer, saved: dict[str, Any], files: RunFiles) -> None:
         raise ValueError(f"checkpoint {files.checkpoint_path} does not fit run {trainer.config.name} "
                          f"({type(err).__name__}: {detail[:200]}); delete it to start this run over, "
                          "or use --force") from None
+
+
+def _tensorboard_writer(log_dir: Path, purge_step: int) -> Any:
+    """torch's SummaryWriter; ``purge_step``: on a resume, events past the checkpoint's epochs are dropped."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package, which is not installed; install it with "
+                         "pip install 'growbatch[tensorboard]' (or pip install tensorboard), or drop --tensorboard") \
+            from None
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step or None)
 
 
 def _git_commit() -> str | None:

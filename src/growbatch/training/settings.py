@@ -116,6 +116,8 @@ class RunSettings:
         "free", "measure the gradient noise scale B_simple: free (from updates of two micro-batches or more, over "
         "all ranks), split (cut a batch that fits one micro-batch in two: every update, other float rounding) or off",
         choices=NOISE_SCALE_MODES)
+    tensorboard: bool = setting(False, "also write TensorBoard event files (RUN/tensorboard/; needs the tensorboard "
+                                       "package: pip install 'growbatch[tensorboard]')", resume="free", manifest=False)
     eval_batch_size: int = setting(1024, "samples per evaluation pass", flag=False, resume="free", manifest=False)
 
     def __post_init__(self) -> None:
