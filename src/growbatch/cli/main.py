@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return stop.code or 0
         print(stop.code, file=sys.stderr)
         return 1
-    except (ValueError, TypeError, LockError) as err:
+    except (ValueError, TypeError, OverflowError, LockError) as err:  # OverflowError: NOTE [bounds] in checks.py
         _print_error(err, _one_line(err))
         return 2
     except OSError as err:  # a read-only or full output directory, a vanished file

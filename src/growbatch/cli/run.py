@@ -26,6 +26,8 @@ from ..training.settings import (
 from ..training.trainer import DivergenceError, Interrupted, StopFlag
 from .progress import ProgressObserver
 
+MAX_THREADS = 1024
+
 __all__ = ["add_run_parser", "add_setting_flag", "experiment_config_from_args", "resume_command"]
 
 
@@ -41,7 +43,7 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
         add_setting_flag(p, setting)
     p.add_argument("--download", action="store_true", help="download missing data set files (checksums verified) (default: off)")
     p.add_argument("--out", default=None, help="output directory (default runs/EXPERIMENT-DATASET)")
-    p.add_argument("--workers", type=_flag_type(positive_int), default=None,
+    p.add_argument("--workers", type=_flag_type(_thread_count), default=None,
                    help="CPU threads for training (data sets are held in memory, so no loader processes; "
                         "default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue the experiment already in --out (default: off)")
@@ -79,6 +81,14 @@ def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
                 from None
     convert.__name__ = getattr(parse, "__name__", "value")
     return convert
+
+
+def _thread_count(text: str) -> int:
+    """``--workers``: 1..1024 threads (torch's thread pool allocates per thread: 10**9 of them exhaust memory)."""
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise ValueError(f"expected a thread count in 1..{MAX_THREADS}, got {value}")
+    return value
 
 
 def _shown(value: Any) -> str:
