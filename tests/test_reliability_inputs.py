@@ -265,3 +265,121 @@ def test_a_checkpoint_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# -- growbatch report of a damaged run: the file and the missing field --------------------------------
+
+def _synthetic_run(out: Path) -> Path:
+    """A finished one-run experiment as the report reads it: experiment.json, config.json, two metrics lines."""
+    run_dir = out / "decay-momentum-seed0"
+    run_dir.mkdir(parents=True)
+    schedule = Schedule((Phase(0, 2, 0.1, 32, 0.9),), 1442, name="decay")
+    (out / "experiment.json").write_text(json.dumps({"experiment": "compare", "dataset": "digits"}))
+    (run_dir / "config.json").write_text(json.dumps({"name": run_dir.name, "schedule": schedule.to_dict(),
+                                                     "optimizer": "momentum", "seed": 0, "model": "cnn"}))
+    records = [{"epoch": e, "updates": 46 * (e + 1), "samples": 1442 * (e + 1), "wall_s": 1.0 + e, "lr": 0.1,
+                "batch_size": 32, "momentum": 0.9, "train_loss": 1.0 / (e + 1), "train_acc": 0.5, "test_loss": 1.0,
+                "test_acc": 0.6 + 0.1 * e} for e in range(2)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run_dir
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+DAMAGED_RUNS = {
+    "config-lacks-schedule": (lambda out, run: _edit_json(run / "config.json", lambda c: c.pop("schedule")),
+                              r"decay-momentum-seed0/config.json lacks schedule; the run's config is damaged: restore "
+                              r"it, or train the run again \(growbatch run ... --force\)"),
+    "config-no-phases": (lambda out, run: _edit_json(run / "config.json", lambda c: c["schedule"].update(phases=[])),
+                         r"config.json has no schedule.phases \(a list of one phase or more\)"),
+    "config-phase-lacks-lr": (lambda out, run: _edit_json(run / "config.json",
+                                                          lambda c: c["schedule"]["phases"][0].pop("lr")),
+                              r"config.json lacks schedule.phases\[0\].lr"),
+    "config-a-list": (lambda out, run: (run / "config.json").write_text("[1]"),
+                      r"config.json holds a list, not a JSON object"),
+    "manifest-a-list": (lambda out, run: (out / "experiment.json").write_text("[1]"),
+                        r"experiment.json is not a JSON object; the experiment's manifest is damaged: delete it"),
+    "metrics-lacks-test-acc": (lambda out, run: (run / "metrics.jsonl").write_text(
+                                   "".join(line.replace('"test_acc"', '"test_accuracy"') + "\n"
+                                           for line in (run / "metrics.jsonl").read_text().splitlines())),
+                               r"decay-momentum-seed0/metrics.jsonl: line 1 lacks test_acc; the metrics file is "
+                               r"damaged"),
+}
+
+
+def test_report_of_the_whole_synthetic_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _synthetic_run(tmp_path / "out")
+    assert main(["report", str(tmp_path / "out")]) == 0  # so what the damage tests refuse is the damage alone
+
+
+@pytest.mark.parametrize("name", DAMAGED_RUNS)
+def test_report_of_a_damaged_run_names_the_file_and_the_field(name: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    run_dir = _synthetic_run(out)
+    damage, message = DAMAGED_RUNS[name]
+    damage(out, run_dir)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    assert re.search(message, _one_error_line(capsys.readouterr().err))
+
+
+# -- --out, --resume, the terminal ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("out", "message"), [
+    ("", "--out should name a directory, but got ''; leave it out for runs/EXPERIMENT-DATASET"),
+    (" ", "--out should name a directory, but got ' '"),
+    ("a\nb", r"--out should not hold a newline or other control character, but got 'a\nb'; choose another"),
+], ids=["empty", "blank", "newline"])
+def test_an_empty_out_or_one_with_a_newline_is_refused(out: str, message: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main([*RUN, "--out", out]) == 2
+    assert message in _one_error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []  # no runs/compare-digits, no "a\nb"
+
+
+def test_resume_into_a_missing_directory_says_it_starts_fresh(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "new"
+    capsys.readouterr()
+    assert main([*RUN, "--schedules", "decay", "--train-size", "320", "--out", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"growbatch: --out {out} holds no experiment to resume; --resume starts it fresh\n" in err
+    assert len((out / "decay-momentum-seed0" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def _console_script() -> Path:
+    script = Path(sys.executable).parent / "growbatch"
+    if not script.exists():
+        pytest.skip(f"no growbatch console script next to {sys.executable} (not installed with pip)")
+    return script
+
+
+def test_ctrl_c_while_torch_is_imported_is_one_line_and_130() -> None:
+    for delay in (0.3, 0.15, 0.05):  # Python has started; torch is still being imported (about 1 to 3 s)
+        process = subprocess.Popen([str(_console_script()), "presets"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+        if process.returncode != 0:  # the signal came before the command was done
+            break
+    assert (process.returncode, err, out) == (130, "growbatch: interrupted\n", "")
+
+
+def test_a_closed_pipe_on_stdout_is_quiet() -> None:
+    reader, writer = os.pipe()
+    os.close(reader)  # like `growbatch presets | true`: whoever read stdout is gone
+    try:
+        done = subprocess.run([str(_console_script()), "presets"], stdout=writer, stderr=subprocess.PIPE, text=True,
+                              timeout=60)
+    finally:
+        os.close(writer)
+    assert (done.returncode, done.stderr) == (128 + signal.SIGPIPE, "")

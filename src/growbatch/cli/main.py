@@ -7,6 +7,8 @@ Each subcommand is a module with an ``add_<name>_parser(subparsers)`` that regis
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -54,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OverflowError, LockError) as err:  # OverflowError: NOTE [bounds] in checks.py
         _print_error(err, _one_line(err))
         return 2
+    except BrokenPipeError:  # stdout closed by its reader (growbatch presets | head -1): stop quietly
+        _silence_stdout()
+        return 128 + signal.SIGPIPE
     except OSError as err:  # a read-only or full output directory, a vanished file
         where = f": {err.filename}" if getattr(err, "filename", None) else ""
         _print_error(err, f"{err.strerror or _one_line(err)}{where}")
@@ -75,6 +80,15 @@ def _print_error(err: BaseException, text: str) -> None:
         return
     tag = f"[rank {rank}] " if rank else ""
     print(f"growbatch: error: {tag}{text}", file=sys.stderr)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so Python's flush at exit does not raise a second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):  # no stdout left to redirect
+        pass
 
 
 def _one_line(err: BaseException) -> str:
