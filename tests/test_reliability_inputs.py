@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from growbatch.batching.microbatch import MicroBatcher
 from growbatch.cli import main
 from growbatch.training.checkpoint import load_checkpoint, save_checkpoint
 from growbatch.training.rundir import LOCK_NAME, LockError, RunLock
@@ -383,3 +385,48 @@ def test_a_closed_pipe_on_stdout_is_quiet() -> None:
     finally:
         os.close(writer)
     assert (done.returncode, done.stderr) == (128 + signal.SIGPIPE, "")
+
+
+# -- a single sample for BatchNorm1d: folded into the micro-batch before it, or refused up front ---------
+
+def test_a_one_sample_micro_batch_joins_the_one_before_and_the_gradient_is_the_whole_batchs() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    inputs, targets = torch.randn(65, 4), torch.randint(3, (65,))
+    micro = MicroBatcher(model, nn.functional.cross_entropy, micro_batch_size=64)
+    result = micro.backward(inputs, targets, global_batch_size=65)  # 64 + 1 would raise in BatchNorm1d
+    assert (result.micro_batches, result.micro_batch_size, result.samples) == (1, 65, 65)
+    folded = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    nn.functional.cross_entropy(model(inputs), targets).backward()  # the oracle: one batch of 65
+    assert all(torch.equal(a, p.grad) for a, p in zip(folded, model.parameters()))
+
+
+def test_a_batch_norm_1d_model_trains_batch_65_in_micro_batches_of_64_as_planned(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main([*RUN, "--model", "mnist-cnn", "--schedules", "decay", "--batch-size", "65", "--ghost-batch-size",
+                 "0", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())["runs"][0]
+    assert summary["updates"] == summary["planned_updates"] == -(-1442 // 65)
+    record = json.loads((out / "decay-momentum-seed0" / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["micro_batch_size"] == 65
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--train-size", "1441", "--batch-size", "32"],
+     r"run decay-momentum-seed0 would cut a batch of 1 sample\(s\) \(the last of an epoch: 1441 training samples in "
+     r"batches of 32\), but model mnist-cnn has BatchNorm1d, which cannot normalise one sample; choose a --train-size "
+     r"or --batch-size that leaves at least 2 samples in each epoch's last batch \(e.g. --train-size 1440\)"),
+    (["--train-size", "1441", "--batch-size", "32", "--ghost-batch-size", "16"], r"would cut a batch of 1 sample"),
+], ids=["plain-bn", "ghost-bn"])
+def test_a_one_sample_last_batch_for_batch_norm_1d_is_refused_before_out_is_touched(
+        flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert main([*RUN, "--model", "mnist-cnn", "--schedules", "decay", *flags, "--out", str(tmp_path / "out")]) == 2
+    assert re.search(message, _one_error_line(capsys.readouterr().err))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_smallest_batch_of_a_schedule_includes_every_epochs_last() -> None:
+    schedule = Schedule((Phase(0, 1.5, 0.1, 8, 0.9), Phase(1.5, 3, 0.1, 40, 0.9)), 2001)
+    assert schedule.smallest_batch_size() == min(min(schedule.batch_sizes(e)) for e in range(3)) == 1

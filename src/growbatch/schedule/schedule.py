@@ -235,13 +235,8 @@ class Schedule:
         updates = [0] * len(self.phases)
         samples = [0] * len(self.phases)
         end_clocks = self._start_clocks[1:] + (self.epochs * n,)
-        split = sorted({clock // n for clock in self._start_clocks if clock % n and clock < self.epochs * n})
-        for epoch in split:
-            self._count_epoch(epoch, end_clocks, updates, samples, 1)
-        for i, (start, end) in enumerate(zip(self._start_clocks, end_clocks)):
-            first, stop = -(-start // n), end // n  # the whole epochs of phase i: [first, stop)
-            if stop > first:
-                self._count_epoch(first, end_clocks, updates, samples, stop - first)
+        for epoch, times in self._epoch_groups():
+            self._count_epoch(epoch, end_clocks, updates, samples, times)
         rows = tuple(
             PhasePlan(
                 p.start_epoch, p.end_epoch, p.lr, p.momentum, p.batch_size,
@@ -250,6 +245,22 @@ class Schedule:
             for i, p in enumerate(self.phases)
         )
         return Plan(self.name, n, self.epochs, self.drop_last, rows)
+
+    def smallest_batch_size(self) -> int:
+        """The smallest global batch cut in any epoch, each epoch's last (partial) batch included."""
+        return min(min(self.batch_sizes(epoch)) for epoch, _ in self._epoch_groups())
+
+    def _epoch_groups(self) -> list[tuple[int, int]]:
+        """(epoch, how many epochs cut the same batches as it): each epoch a phase boundary cuts, alone, and
+        the first whole epoch of each phase for all of that phase's whole epochs (NOTE [closed-form plan])."""
+        n = self.dataset_size
+        end_clocks = self._start_clocks[1:] + (self.epochs * n,)
+        groups = [(epoch, 1) for epoch in sorted({clock // n for clock in self._start_clocks if clock % n})]
+        for start, end in zip(self._start_clocks, end_clocks):
+            first, stop = -(-start // n), end // n  # the whole epochs of this phase: [first, stop)
+            if stop > first:
+                groups.append((first, stop - first))
+        return groups
 
     def _count_epoch(self, epoch: int, end_clocks: tuple[int, ...], updates: list[int], samples: list[int],
                      times: int) -> None:
