@@ -430,3 +430,27 @@ def test_a_one_sample_last_batch_for_batch_norm_1d_is_refused_before_out_is_touc
 def test_the_smallest_batch_of_a_schedule_includes_every_epochs_last() -> None:
     schedule = Schedule((Phase(0, 1.5, 0.1, 8, 0.9), Phase(1.5, 3, 0.1, 40, 0.9)), 2001)
     assert schedule.smallest_batch_size() == min(min(schedule.batch_sizes(e)) for e in range(3)) == 1
+
+
+# -- a refused --force leaves the finished run as it was -------------------------------------------------
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("flags", [
+    ["--seeds", "18446744073709551616"],
+    ["--weight-decay", "nan"],
+    ["--factor", "1e308"],
+    ["--model", "mnist-cnn", "--train-size", "1441"],  # refused after the lock is taken: released, nothing written
+    ["--ghost-batch-size", "100"],  # larger than the micro-batch of 64
+], ids=lambda v: " ".join(v))
+def test_a_refused_force_leaves_the_finished_run_untouched(flags: list[str], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    _synthetic_run(out)
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main([*RUN, "--out", str(out), "--force", *flags]) == 2
+    _one_error_line(capsys.readouterr().err)
+    assert _snapshot(out) == before
