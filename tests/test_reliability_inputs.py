@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -25,8 +26,13 @@ from torch import nn
 
 from growbatch.batching.microbatch import MicroBatcher
 from growbatch.cli import main
+from growbatch.data import load_dataset
 from growbatch.training.checkpoint import load_checkpoint, save_checkpoint
+from growbatch.training.distributed import DistInfo
+from growbatch.training.experiments import ExperimentConfig, run_configs
 from growbatch.training.rundir import LOCK_NAME, LockError, RunLock
+from growbatch.training.task import ClassificationTask
+from growbatch.training.trainer import Trainer
 from growbatch.schedule.schedule import Phase, Schedule
 
 BIG = str(10**400)  # a number of 401 digits: more than any float or C integer holds
@@ -454,3 +460,27 @@ def test_a_refused_force_leaves_the_finished_run_untouched(flags: list[str], tmp
     assert main([*RUN, "--out", str(out), "--force", *flags]) == 2
     _one_error_line(capsys.readouterr().err)
     assert _snapshot(out) == before
+
+
+# -- a resume on another number of threads says so (NOTE [threads] in trainer.py) -------------------------
+
+def test_a_resume_on_another_thread_count_warns_naming_both_counts() -> None:
+    dataset = load_dataset("digits")
+    config = ExperimentConfig(epochs=1, batch_size=32, micro_batch_size=64, schedules=("decay",))
+    run = run_configs(config, dataset.train_size)[0]
+    task, cpu = ClassificationTask(dataset), DistInfo(0, 1, 0, torch.device("cpu"))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        saved = Trainer(run, task, cpu).state_dict()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            Trainer(run, task, cpu).load_state_dict(saved)  # the same count: no warning
+        torch.set_num_threads(2)
+        with pytest.warns(UserWarning, match=r"run decay-momentum-seed0: the checkpoint was written with 1 CPU "
+                                             r"threads, but this resume uses 2; float sums round differently, so the "
+                                             r"result is no longer bit-identical to an uninterrupted run \(resume with "
+                                             r"--workers 1 to keep it\)"):
+            Trainer(run, task, cpu).load_state_dict(saved)
+    finally:
+        torch.set_num_threads(threads)

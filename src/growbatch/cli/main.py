@@ -10,6 +10,7 @@ import argparse
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .. import __version__
@@ -44,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Bad input (``ValueError``, ``TypeError``, :class:`UsageError`) becomes one line on
     stderr, ``growbatch: error: ...``, and status 2, with no traceback.
     """
+    warnings.formatwarning = _format_warning  # one line, like the errors
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # for messages that repeat the command
@@ -80,6 +82,10 @@ def _print_error(err: BaseException, text: str) -> None:
         return
     tag = f"[rank {rank}] " if rank else ""
     print(f"growbatch: error: {tag}{text}", file=sys.stderr)
+
+
+def _format_warning(message: Warning | str, category: type, filename: str, lineno: int, line: str | None = None) -> str:
+    return f"growbatch: warning: {' '.join(str(message).split())}\n"
 
 
 def _silence_stdout() -> None:
