@@ -137,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     in_step = False  # True where every rank ends the same way at the same point (then they leave together)
     try:
         dataset = load_dataset(config.dataset, config.data_dir, download=args.download)
-        if args.resume and info.is_main and not (out / "experiment.json").is_file():
+        if args.resume and info.is_main and (not out.exists() or out.is_dir() and not any(out.iterdir())):
             # NOTE [resume fresh]: `growbatch run --resume` is the idempotent command (make demo): with nothing
             # to continue it starts the experiment, but says so, since a mistyped --out looks the same
             print(f"growbatch: --out {out} holds no experiment to resume; --resume starts it fresh", file=sys.stderr)
