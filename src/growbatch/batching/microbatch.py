@@ -142,6 +142,9 @@ class MicroBatcher:
         self.ghost_batch_size = largest_ghost_batch_size(self.module)
         if self.ghost_batch_size is not None and micro_batch_size != "auto":
             check_ghost_batch_size(self.ghost_batch_size, micro_batch_size)
+        # NOTE [one-sample micro-batch]: BatchNorm1d cannot normalise one sample (training raises), so with one
+        # a trailing micro-batch of one sample joins the one before it (the gradient is the same sum)
+        self._folds_single_sample = any(isinstance(m, nn.BatchNorm1d) for m in self.module.modules())
         self._searches: dict[tuple, SizeSearch] = {}
         self._restored: dict[tuple, dict] = {}  # searches from load_state_dict, not used yet
         self._synchronising = False  # True during a DDP model's last (all-reducing) micro-batch
@@ -233,7 +236,8 @@ class MicroBatcher:
                     weight_per_sample: float) -> StepResult:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         sums: dict[str, torch.Tensor] = {}
-        pieces = list(zip(inputs.split(size), targets.split(size)))
+        sizes = micro_batch_sizes(len(inputs), size, fold_single_sample=self._folds_single_sample)
+        pieces = list(zip(inputs.split(sizes), targets.split(sizes)))
         for index, (micro_inputs, micro_targets) in enumerate(pieces):
             last = index == len(pieces) - 1
             micro_inputs = self._prepare(micro_inputs.to(self.device, non_blocking=True))
@@ -254,7 +258,7 @@ class MicroBatcher:
         # one device-to-host copy per update, not one per micro-batch
         values = torch.stack([loss_sum, *(v.double() for v in sums.values())]).tolist()
         return StepResult(loss_sum=values[0], samples=len(inputs), micro_batches=len(pieces),
-                          micro_batch_size=min(size, len(inputs)), sums=dict(zip(sums, values[1:])))
+                          micro_batch_size=max(sizes), sums=dict(zip(sums, values[1:])))
 
     # NOTE [empty share]: a rank whose share of the logical batch is empty must still join DDP's
     # all-reduce, or the other ranks wait in it forever. It runs the model on the empty batch and
@@ -362,6 +366,23 @@ class MicroBatcher:
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+def micro_batch_sizes(share: int, micro_batch_size: int, *, fold_single_sample: bool = False) -> list[int]:
+    """Sizes of the micro-batches of a share: full ones, then the remainder, which with ``fold_single_sample``
+    joins the one before it when it is a single sample (NOTE [one-sample micro-batch]).
+
+    Example:
+        >>> micro_batch_sizes(65, 64), micro_batch_sizes(65, 64, fold_single_sample=True), micro_batch_sizes(1, 64)
+        ([64, 1], [65], [1])
+    """
+    full, rest = divmod(share, micro_batch_size)
+    sizes = [micro_batch_size] * full
+    if rest == 1 and fold_single_sample and sizes:
+        sizes[-1] += 1
+    elif rest:
+        sizes.append(rest)
+    return sizes
 
 
 def _signature(inputs: torch.Tensor, batcher: MicroBatcher) -> tuple:
