@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .report import load_runs  # noqa: E402
 
-__all__ = ["build_lm_report", "aggregate_lm", "LM_FIGURES"]
+__all__ = ["build_lm_report", "aggregate_lm", "summary_table", "LM_FIGURES"]
 
 LM_FIGURES = {
     "val_loss_tokens.png": "Validation loss (nats per token) against training tokens: every run trains the same tokens",
@@ -148,7 +148,7 @@ def _wall_figure(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+def summary_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     head = ["schedule", "seeds", "final val loss", "Δ vs decay", "bpb", "tokens", "updates", "updates ratio",
             "wall s", "wall ratio", "noise scale"]
 
@@ -179,7 +179,7 @@ def build_lm_report(out: Path) -> Path:
     figures = dict(LM_FIGURES)
     if not _noise_figure(runs, out / "noise_scale.png"):
         figures.pop("noise_scale.png")
-    head, body = _table(rows)
+    head, body = summary_table(rows)
     title = f"growbatch: lm, {experiment.get('model', '?')} on {experiment.get('dataset', '?')}"
     settings = ", ".join(f"{k}={v}" for k, v in experiment.items() if v is not None)
     note = "Δ: final validation loss minus decay's (nats/token), paired by seed; ratios are to decay's."
