@@ -256,3 +256,23 @@ def test_lm_runs_count_the_planners_tokens_and_updates(tmp_path: Path) -> None:
 def test_task_and_data_must_match(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ExperimentConfig(**kwargs)
+
+
+def test_a_long_batch_in_micro_batches_has_the_whole_batchs_gradient() -> None:
+    from growbatch.batching.microbatch import MicroBatcher
+    from growbatch.data.text import TextCorpus
+    from growbatch.training.lm_task import LanguageModelTask
+
+    stream = torch.randint(0, 256, (4000,), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    task = LanguageModelTask(TextCorpus(stream, stream[:500], "random"), seq_len=16, sequences_per_epoch=64,
+                             eval_sequences=8)
+    inputs, targets = TokenLoader(stream, 16, 12, sequences_per_epoch=64).windows(0, torch.arange(12))
+    grads = []
+    for micro in (12, 5):  # one pass, or 5 + 5 + 2
+        torch.manual_seed(0)
+        model = GPT(gpt_config("gpt-tiny", max_seq_len=16))
+        result = MicroBatcher(model, loss=task.loss, micro_batch_size=micro).backward(
+            inputs, targets, global_batch_size=12)
+        grads.append([p.grad.clone() for p in model.parameters()])
+        assert result.micro_batches == -(-12 // micro) and result.samples == 12
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(*grads))

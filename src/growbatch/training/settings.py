@@ -181,7 +181,7 @@ class ExperimentConfig(RunSettings):
     tokens: int | None = setting(None, "lm: training tokens per run, e.g. 512k or 2M (default 524288 = 2^19)",
                                  parse=parse_tokens)
     lr_schedule: str = setting("cosine", "lm: the lr schedule of the decay run and of the conversions: cosine "
-                               "(warm-up + cosine to lr/10) or wsd (warm-up, stable, last 20% linear to lr/10)",
+                               "(warm-up + cosine to lr/10) or wsd (warm-up, stable, last 20%% linear to lr/10)",
                                choices=LR_SCHEDULES)
     warmup: float = setting(0.05, "lm: warm-up, as a fraction of the tokens", parse=float)
     batch_schedule: tuple[tuple[int, int], ...] | None = setting(
