@@ -276,3 +276,20 @@ def test_a_long_batch_in_micro_batches_has_the_whole_batchs_gradient() -> None:
         grads.append([p.grad.clone() for p in model.parameters()])
         assert result.micro_batches == -(-12 // micro) and result.samples == 12
     assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(train_size=100), "--train-size applies to image experiments"),
+    (dict(ghost_batch_size=0), "--ghost-batch-size applies to image experiments"),
+    (dict(rules=("linear", "sqrt")), "one rule, linear or sqrt"),
+    (dict(rules=("seesaw",)), "one rule, linear or sqrt"),
+])
+def test_image_settings_are_refused_by_lm(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ExperimentConfig(experiment="lm", **kwargs)
+
+
+def test_a_data_dir_without_the_shared_file_warns_and_builds_the_corpus(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="python_stdlib.npz is not in"):
+        corpus = load_stdlib_corpus(tmp_path)
+    assert "self-built" in corpus.source and corpus.train_tokens > 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import sysconfig
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,9 @@ def load_stdlib_corpus(data_dir: str | Path | None = None) -> TextCorpus:
             raise DataError(f"{path} is not a readable python_stdlib.npz (arrays train and val): {err}") from None
         return TextCorpus(torch.from_numpy(np.array(train, dtype=np.uint8)),
                           torch.from_numpy(np.array(val, dtype=np.uint8)), str(path))
+    if data_dir is not None:  # asked for the shared file: say that it was not there (the bytes may differ)
+        warnings.warn(f"{STDLIB_FILE} is not in {data_dir}; building the corpus from the running Python "
+                      f"{platform.python_version()}'s standard library by the same recipe", stacklevel=2)
     arrays = build_stdlib_corpus()
     return TextCorpus(torch.from_numpy(arrays["train"].copy()), torch.from_numpy(arrays["val"].copy()),
                       f"python {platform.python_version()} standard library (self-built)")

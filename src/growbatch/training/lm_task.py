@@ -26,7 +26,7 @@ EVAL_SEQUENCES_PER_PASS = 64
 
 class LanguageModelTask(Task):
     """Train a GPT on ``corpus``: ``sequences_per_epoch`` sequences of ``seq_len`` tokens an epoch, evaluated on
-    the first ``eval_sequences`` whole sequences of the validation split.
+    ``eval_sequences`` whole sequences spread evenly over the validation split (every file of a small split).
 
     Raises:
         ValueError: ``seq_len`` longer than the training stream or the validation split.
@@ -40,7 +40,9 @@ class LanguageModelTask(Task):
                                  "or less, or a larger corpus")
         self.corpus, self.seq_len = corpus, seq_len
         self.sequences_per_epoch = sequences_per_epoch
-        self.eval_sequences = min(eval_sequences, sequence_count(corpus.val_tokens, seq_len))
+        available = sequence_count(corpus.val_tokens, seq_len)
+        self.eval_sequences = min(eval_sequences, available)
+        self._eval_stride = available // self.eval_sequences  # in sequences
 
     @property
     def train_size(self) -> int:
@@ -75,7 +77,8 @@ class LanguageModelTask(Task):
         with torch.no_grad(), autocast:
             for i in range(start, stop, step):
                 rows = torch.arange(i, min(stop, i + step))
-                window = self.corpus.val[(rows * self.seq_len)[:, None] + offsets].long().to(info.device)
+                starts = rows * self._eval_stride * self.seq_len
+                window = self.corpus.val[starts[:, None] + offsets].long().to(info.device)
                 logits = model(window[:, :-1])
                 loss_sum += nn.functional.cross_entropy(logits.flatten(0, 1).float(), window[:, 1:].flatten(),
                                                         reduction="sum").item()

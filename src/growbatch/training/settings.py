@@ -270,6 +270,16 @@ class ExperimentConfig(RunSettings):
         given = [name for name, value in lm_only.items() if value is not None]
         if given and not lm:
             raise ValueError(f"--{given[0].replace('_', '-')} applies to growbatch run lm only")
+        image_only = {"train_size": self.train_size is not None, "ghost_batch_size": self.ghost_batch_size is not None,
+                      "channels_last": self.channels_last, "factor": self.factor != 5.0,
+                      "noise_multiple": self.noise_multiple != 1.0}
+        given = [name for name, set_ in image_only.items() if set_]
+        if lm and given:
+            raise ValueError(f"--{given[0].replace('_', '-')} applies to image experiments; growbatch run lm does not "
+                             "take it")
+        if lm and self.rules is not None and (len(self.rules) > 1 or self.rules[0] == "seesaw"):
+            raise ValueError(f"lm converts its lr schedule by one rule, linear or sqrt (seesaw is its own schedule), "
+                             f"but got --rules {','.join(self.rules)}")
         if lm and self.schedules is not None and "steps" in self.schedules and self.batch_schedule is None:
             raise ValueError("the steps schedule follows --batch-schedule TOKENS:BATCH,...; give one, or drop steps")
         check_number("warmup", self.warmup)
