@@ -57,10 +57,12 @@ def test_the_shared_file_has_the_readme_checksums() -> None:
 
 
 @pytest.mark.skipif(platform.python_version() != "3.11.7", reason="the shared file is CPython 3.11.7's library")
-def test_the_self_built_corpus_is_the_shared_file_byte_for_byte_on_python_3_11_7() -> None:
+def test_the_self_built_corpus_is_the_shared_file_byte_for_byte_on_python_3_11_7(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     arrays = build_stdlib_corpus()
     assert (len(arrays["train_files"]), len(arrays["val_files"])) == (567, 34)
-    corpus = load_stdlib_corpus(None)  # no data dir: built from the running Python's library
+    monkeypatch.setenv("GROWBATCH_DATA_DIR", str(tmp_path))  # a default data folder without the file
+    corpus = load_stdlib_corpus(None)  # no data dir given: built from the running Python's library
     assert corpus.sha256() == STDLIB_SHA256
     assert "self-built" in corpus.source
 

@@ -88,8 +88,11 @@ def build_stdlib_corpus(root: str | Path | None = None) -> dict[str, np.ndarray]
 
 
 def load_stdlib_corpus(data_dir: str | Path | None = None) -> TextCorpus:
-    """``python_stdlib.npz`` from ``data_dir`` (a folder or the file) when it is there, else the self-built corpus."""
-    path = None if data_dir is None else Path(data_dir).expanduser()
+    """``python_stdlib.npz`` from ``data_dir`` (a folder or the file; None: the default data folder, as for the
+    image data sets) when it is there, else the self-built corpus."""
+    from . import default_data_dir  # the package's: $GROWBATCH_DATA_DIR or ~/.cache/growbatch/data
+
+    path = default_data_dir() if data_dir is None else Path(data_dir).expanduser()
     if path is not None and path.is_dir():
         path = path / STDLIB_FILE
     if path is not None and path.is_file():

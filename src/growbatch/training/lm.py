@@ -29,12 +29,11 @@ from .lm_task import LanguageModelTask
 from .metrics import read_records
 from .rundir import RunLock, prepare_output_dir
 from .runfiles import CHECKPOINT_NAME, METRICS_NAME, train_run
-from .settings import DEFAULT_SEQ_LEN, ExperimentConfig, RunConfig
+from .settings import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, ExperimentConfig, RunConfig
 from .trainer import Observer, StopFlag
 
 __all__ = ["LMPlan", "lm_plan", "lm_schedules", "lm_run_configs", "run_lm_experiment", "DEFAULT_TOKENS"]
 
-DEFAULT_TOKENS = 2**19  # per run: about 2 minutes of gpt-tiny on 2 CPU cores
 DEFAULT_LM_BATCH = 16  # sequences
 DEFAULT_CAP_MULTIPLE = 8  # default --max-batch-size: 8 x the initial batch
 DEFAULT_LM_LR = {"adamw": 2e-3, "adam": 2e-3, "sgd": 0.5, "momentum": 0.05, "nesterov": 0.05}

@@ -36,6 +36,7 @@ DEFAULT_MODEL = {"digits": "cnn", "mnist": "mnist-cnn", "fashion-mnist": "mnist-
 DEFAULT_EPOCHS = {"digits": 30, "mnist": 6, "fashion-mnist": 6, "cifar10": 200, "python-stdlib": 8, "text": 8}
 ALL_DATASETS = DATASET_NAMES + TEXT_DATASETS
 DEFAULT_SEQ_LEN = 128
+DEFAULT_TOKENS = 2**19  # per lm run: about 4-5 minutes of gpt-tiny's four runs on an idle CPU core
 
 
 # -- the text form of settings (a flag's value); each raises ValueError with the message a user sees --------
@@ -196,6 +197,9 @@ class ExperimentConfig(RunSettings):
             object.__setattr__(self, "dataset", "text" if self.text_file is not None else "python-stdlib")
         if self.optimizers is None:
             object.__setattr__(self, "optimizers", ("adamw",) if self.experiment == "lm" else ("momentum",))
+        if self.experiment == "lm":  # recorded resolved, so config.json and a resume check see the value used
+            object.__setattr__(self, "seq_len", self.seq_len or DEFAULT_SEQ_LEN)
+            object.__setattr__(self, "tokens", self.tokens or DEFAULT_TOKENS)
         super().__post_init__()
         self._check_task()
 
