@@ -65,6 +65,7 @@ def _bad(tmp_path: Path, corpus: Path) -> list[tuple[list[str], str]]:
         ([*text, "--batch-schedule", "0:4,1k"], "TOKENS:BATCH pairs"),
         ([*text, "--batch-schedule", "0:8,1k:4"], "should increase in tokens and in batch size"),
         ([*text, "--rampup-batch-size", "4 4"], "START INCREMENT SAMPLES"),
+        ([*text, "--batch-schedule", "0:4,4k:8"], "a step at 4,000 tokens, but each run trains 2,048"),
         ([*text, "--model", "wrn-16-4"], "--model wrn-16-4 is an image model"),
         (["--dataset", "mnist"], "trains a language model on text"),
     ]

@@ -95,10 +95,19 @@ def lm_schedules(config: ExperimentConfig, optimizer: str) -> dict[str, Schedule
                                                     name="converted", **common),
         "seesaw": lambda: seesaw(lr_fn, batch_size=b0, max_batch_size=cap, name="seesaw", **common),
         "rampup": lambda: with_batches(lr_fn, _rampup_steps(config, plan), name="rampup", **common),
-        "steps": lambda: with_batches(lr_fn, [(clock.epoch_of_tokens(t), b) for t, b in config.batch_schedule or ()],
-                                      name="steps", **common),
+        "steps": lambda: with_batches(lr_fn, _token_steps(config, plan), name="steps", **common),
     }
     return {name: builders[name]() for name in wanted}
+
+
+def _token_steps(config: ExperimentConfig, plan: LMPlan) -> list[tuple[float, int]]:
+    """--batch-schedule on the clock; a point the run never reaches is refused (it would be a silent no-op)."""
+    steps = config.batch_schedule or ()
+    late = [t for t, _ in steps if t >= plan.total_tokens]
+    if late:
+        raise ValueError(f"--batch-schedule has a step at {late[0]:,} tokens, but each run trains "
+                         f"{plan.total_tokens:,}; raise --tokens or move the step earlier")
+    return [(plan.clock.epoch_of_tokens(t), b) for t, b in steps]
 
 
 def _rampup_steps(config: ExperimentConfig, plan: LMPlan) -> list[tuple[float, int]]:
@@ -146,21 +155,7 @@ def run_lm_experiment(config: ExperimentConfig, out: Path, *, info: DistInfo, re
                       "times", stacklevel=2)
     manifest = {**config.manifest(), "tokens": plan.total_tokens, "seq_len": seq_len}
     lock = RunLock(out) if info.is_main else None
-
-    def prepare() -> bool:  # NOTE [rank 0 decides] in experiments.py
-        if out.is_dir():
-            lock.acquire()
-        try:
-            continuing = prepare_output_dir(out, manifest, resume=resume, force=force)
-            out.mkdir(parents=True, exist_ok=True)
-            if not lock.held:
-                lock.acquire()
-        except BaseException:
-            lock.release()
-            raise
-        return continuing
-
-    continuing = from_main(prepare)
+    continuing = from_main(lambda: _claim(out, manifest, lock, resume, force))  # NOTE [rank 0 decides]
     try:
         if info.is_main:
             write_json_atomically(out / "experiment.json", manifest)
@@ -181,6 +176,21 @@ def run_lm_experiment(config: ExperimentConfig, out: Path, *, info: DistInfo, re
     finally:
         if lock is not None:
             lock.release()
+
+
+def _claim(out: Path, manifest: dict, lock: RunLock, resume: bool, force: bool) -> bool:
+    """Lock ``out`` and check that it may take this experiment (as run_experiment does); True when continuing."""
+    if out.is_dir():
+        lock.acquire()  # first: a directory in use is refused as such, whatever it holds
+    try:
+        continuing = prepare_output_dir(out, manifest, resume=resume, force=force)
+        out.mkdir(parents=True, exist_ok=True)
+        if not lock.held:
+            lock.acquire()
+    except BaseException:
+        lock.release()
+        raise
+    return continuing
 
 
 def _run_state(run: RunConfig, run_dir: Path, resume: bool, force: bool) -> tuple[list[dict], bool, bool]:
