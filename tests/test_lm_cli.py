@@ -87,6 +87,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_results_alone(finished: Path, t
     (["run", "--model", "gpt-tiny", "--epochs", "1"], "--model gpt-tiny is a language model"),
     (["run", "--dataset", "python-stdlib"], "is text, for growbatch run lm"),
     (["run", "--seq-len", "64"], "--seq-len applies to growbatch run lm only"),
+    (["run", "--text-file", "x.txt"], "--text-file is a corpus for growbatch run lm"),
     (["plan", "lm", "--milestones", "3"], "--milestones apply to image schedules only"),
     (["plan", "lm", "--batch-schedule", "0:16,2M:8"], "should increase"),
     (["plan", "--lr-schedule", "wsd", "--lr", "0.1", "--batch-size", "8", "--epochs", "2", "--dataset-size", "80"],

@@ -256,6 +256,8 @@ class ExperimentConfig(RunSettings):
         if lm and not text:
             raise ValueError(f"growbatch run lm trains a language model on text, but got --dataset {self.dataset} "
                              f"(images); use --dataset python-stdlib or --text-file PATH")
+        if self.text_file is not None and not lm:
+            raise ValueError(f"--text-file is a corpus for growbatch run lm; {self.experiment} trains image classifiers")
         if text and not lm:
             raise ValueError(f"--dataset {self.dataset} is text, for growbatch run lm; {self.experiment} trains "
                              f"image classifiers on {', '.join(DATASET_NAMES)}")
