@@ -50,6 +50,15 @@ def test_a_tiny_lm_experiment_writes_tokens_and_the_report(finished: Path) -> No
     assert "Δ vs decay" in (finished / "report.md").read_text()
 
 
+def test_resume_on_another_corpus_is_refused(finished: Path, corpus: Path, capsys: pytest.CaptureFixture) -> None:
+    before = _snapshot(finished)
+    corpus.write_text(corpus.read_text() + "# one more line\n")
+    assert main([*TINY, "--text-file", str(corpus), "--schedules", "decay,converted", "--out", str(finished),
+                 "--resume"]) == 2
+    assert "differs in: corpus_sha256" in capsys.readouterr().err
+    assert _snapshot(finished) == before
+
+
 def _bad(tmp_path: Path, corpus: Path) -> list[tuple[list[str], str]]:
     empty, binary, small = tmp_path / "empty.txt", tmp_path / "x.bin", tmp_path / "small.txt"
     empty.write_bytes(b"")

@@ -153,7 +153,9 @@ def run_lm_experiment(config: ExperimentConfig, out: Path, *, info: DistInfo, re
         warnings.warn(f"a run trains {plan.total_tokens:,} tokens, more than the {corpus.train_tokens:,} of "
                       f"{corpus.source}: it reads the training stream {plan.total_tokens / corpus.train_tokens:.2f} "
                       "times", stacklevel=2)
-    manifest = {**config.manifest(), "tokens": plan.total_tokens, "seq_len": seq_len}
+    # the corpus by its bytes: the same data from the shared file or self-built, other data refused on --resume
+    manifest = {**config.manifest(), "tokens": plan.total_tokens, "seq_len": seq_len,
+                "corpus_sha256": corpus.sha256()}
     lock = RunLock(out) if info.is_main else None
     continuing = from_main(lambda: _claim(out, manifest, lock, resume, force))  # NOTE [rank 0 decides]
     try:
