@@ -16,7 +16,7 @@ __all__ = ["add_lm_plan_flags", "plan_lm"]
 
 # the settings of `growbatch run lm` that `growbatch plan lm` takes too (plan has --lr, --batch-size, --epochs,
 # --max-batch-size, --momentum and --lr-schedule of its own)
-_LM_FLAGS = ("tokens", "seq_len", "warmup", "batch_schedule", "rampup_batch_size", "optimizers", "schedules")
+_LM_FLAGS = ("tokens", "seq_len", "warmup", "batch_schedule", "rampup_batch_size", "optimizers", "schedules", "rules")
 _NOT_FOR_LM = ("dataset_size", "milestones", "factor", "mode", "exact", "batch_size_multiple", "rule")
 
 
