@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..checks import check_batch_size, check_count, check_lr, check_momentum
-from .builders import RULES, warmup_stable_decay_lr
+from .builders import warmup_stable_decay_lr
 from .schedule import Phase, Schedule
 
 __all__ = ["TokenClock", "parse_tokens", "parse_batch_schedule", "parse_rampup", "warmup_cosine_lr", "lr_function",
