@@ -3,14 +3,15 @@
 #   bash studies/run.sh mnist-compare        # one
 #   bash studies/run.sh all                  # the whole study (see docs/results.md for timings)
 # Re-running continues an unfinished configuration (--resume) and rebuilds its report.
-# DATA_DIR (default ../shared/data) holds mnist.npz, fashion_mnist.npz and cifar10.npz.
+# DATA_DIR (default ../shared/data) holds mnist.npz, fashion_mnist.npz and cifar10.npz (and python_stdlib.npz for lm,
+# which is built from the running Python where it is absent).
 # WORKERS, if set, is passed as --workers (CPU threads; 1 on a machine busy with other work).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_DIR=${DATA_DIR:-../shared/data}
 BIN=${BIN:-.venv/bin}
 ORDER=(mnist-compare mnist-paper-5.2 mnist-paper-5.2-long fashion-mnist-compare cifar10-compare mnist-full-reference
-       fashion-mnist-rules fashion-mnist-adaptive-momentum)
+       fashion-mnist-rules fashion-mnist-adaptive-momentum lm)
 names=("$@")
 [[ ${#names[@]} -eq 0 ]] && { echo "usage: bash studies/run.sh NAME... | all (names: ${ORDER[*]})" >&2; exit 2; }
 [[ ${names[0]} == all ]] && names=("${ORDER[@]}")

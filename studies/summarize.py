@@ -24,6 +24,14 @@ from growbatch.report import aggregate, load_runs
 DOC_FIGURES = ("schedules.png", "test_acc_epochs.png", "test_acc_updates.png")  # the ones docs/results.md shows
 
 
+def _summarize_lm(out: Path, summary: dict) -> str:
+    from growbatch.report_lm import aggregate_lm, summary_table
+
+    head, rows = summary_table(aggregate_lm(load_runs(out)))
+    return "\n".join([f"### {out.name}: lm, {summary['model']} on {summary['dataset']} ({summary['tokens']:,} tokens "
+                      f"per run, sequences of {summary['seq_len']})", "", _table(head, rows), ""])
+
+
 def _table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -32,6 +40,8 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 def summarize(out: Path) -> str:
     summary = json.loads((out / "summary.json").read_text())
+    if summary["experiment"] == "lm":  # validation loss, not accuracy: the lm report's table
+        return _summarize_lm(out, summary)
     runs = load_runs(out)
     rows = aggregate(runs)
     text = [f"### {out.name}: {summary['experiment']} on {summary['dataset']} ({summary['dataset_size']:,} "

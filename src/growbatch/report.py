@@ -408,6 +408,11 @@ def build_report(out: Path) -> Path:
     out = Path(out)
     if not out.is_dir():
         raise ValueError(f"{out} is not a run directory (it does not exist); pass the --out of a growbatch run")
+    manifest_path = out / "experiment.json"
+    if manifest_path.exists() and json.loads(manifest_path.read_text()).get("experiment") == "lm":
+        from .report_lm import build_lm_report  # a language model's figures: loss against tokens (report_lm.py)
+
+        return build_lm_report(out)
     runs = load_runs(out)
     _figures(runs, out)
     agg_head, agg, run_head, per_run = _tables(runs)

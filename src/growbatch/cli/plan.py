@@ -17,6 +17,7 @@ from ..schedule.planner import (
 from ..schedule.presets import PRESETS, get_preset
 from ..schedule.schedule import Schedule
 from .common import UsageError
+from .plan_lm import add_lm_plan_flags, plan_lm
 
 __all__ = ["add_plan_parser"]
 
@@ -73,10 +74,11 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
     custom.add_argument("--max-batch-size", type=int, help="batch cap; past it the lr falls (default N/10)")
     custom.add_argument("--exact", action="store_true", default=None,
                         help="keep the exact g = lr/(1-m)*(N/B-1) rather than the B << N approximation")
-    custom.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+    custom.add_argument("--lr-schedule", choices=tuple(dict.fromkeys(LR_SCHEDULES + ("wsd",))),
                         help="convert this LR schedule to batch sizes at equal noise scale (instead of --mode)")
     custom.add_argument("--batch-size-multiple", type=int,
                         help="with --lr-schedule: round batch sizes to a multiple of this (default 1)")
+    add_lm_plan_flags(p)
     p.set_defaults(handler=_plan)
 
 
@@ -111,6 +113,8 @@ def _custom_schedule(args: argparse.Namespace) -> tuple[Schedule, float | None]:
         factor=5.0 if args.factor is None else args.factor, max_batch_size=args.max_batch_size,
         drop_last=bool(args.drop_last), exact=bool(args.exact),
     )
+    if args.lr_schedule == "wsd":
+        raise UsageError("--lr-schedule wsd is an lm schedule: growbatch plan lm --lr-schedule wsd ...")
     if args.lr_schedule is not None:
         conversion = convert_lr_schedule(args.lr_schedule, batch_size_multiple=args.batch_size_multiple or 1,
                                          **common)
@@ -122,6 +126,8 @@ def _custom_schedule(args: argparse.Namespace) -> tuple[Schedule, float | None]:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    if args.preset == "lm":  # the lm experiment's schedules on the token clock (cli/plan_lm.py)
+        return plan_lm(args)
     given = _given(args)
     if args.compare:
         if args.preset is not None or given:

@@ -49,7 +49,7 @@ class ProgressObserver:
         self._close()
         print(f"[{run.name}] epoch {record['epoch'] + 1}/{run.schedule.epochs} lr={record['lr']:.4g} "
               f"batch={record['batch_size']} train_loss={record['train_loss']:.4f} "
-              f"test_acc={record['test_acc']:.4f} updates={record['updates']} ({record['wall_s']:.1f} s)",
+              f"{_test_text(record)} updates={record['updates']} ({record['wall_s']:.1f} s)",
               file=sys.stderr, flush=True)
 
     def finished(self, summary: dict) -> None:
@@ -62,6 +62,13 @@ class ProgressObserver:
             self._bar = None
 
 
+def _test_text(record: dict) -> str:
+    """test_acc for a classifier; tokens and validation loss for a language model."""
+    if "test_acc" in record:
+        return f"test_acc={record['test_acc']:.4f}"
+    return f"tokens={record['tokens']:,} test_loss={record['test_loss']:.4f} test_bpb={record['test_bpb']:.3f}"
+
+
 def _terminal_columns() -> int:
     try:
         return os.get_terminal_size(sys.stderr.fileno()).columns
@@ -72,7 +79,12 @@ def _terminal_columns() -> int:
 def runs_table(rows: list[dict]) -> str:
     """A plain-text table of ``summary.json``'s runs: final test accuracy, updates, wall time."""
     head = ("run", "final test acc %", "updates", "wall s")
-    body = [(r["name"], f"{100 * r['final_test_acc']:.2f}", f"{r['updates']:,}", f"{r['wall_s']:.1f}") for r in rows]
+    body = [(r["name"], f"{100 * r['final_test_acc']:.2f}" if "final_test_acc" in r else "", f"{r['updates']:,}",
+             f"{r['wall_s']:.1f}") for r in rows]
+    if rows and "final_test_loss" in rows[0]:  # a language model: validation loss and tokens
+        head = ("run", "final val loss", "bpb", "tokens", "updates", "wall s")
+        body = [(r["name"], f"{r['final_test_loss']:.4f}", f"{r['final_test_bpb']:.3f}", f"{r['tokens']:,}",
+                 f"{r['updates']:,}", f"{r['wall_s']:.1f}") for r in rows]
     widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in (head, *body)]

@@ -17,6 +17,7 @@ from ..data import load_dataset
 from ..report import build_report
 from ..training.distributed import setup, teardown
 from ..training.experiments import run_experiment
+from ..training.lm import run_lm_experiment
 from ..training.settings import (
     EXPERIMENTS,
     ExperimentConfig,
@@ -37,8 +38,9 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Train decay / hybrid / increase (compare, §5.1) or the four §5.2 schedules, then write "
                     "OUT/report.html. With no argument: compare on the embedded digits data set.")
     p.add_argument("experiment", nargs="?", default="compare", choices=EXPERIMENTS,
-                   help="which comparison to train: compare (§5.1: decay, hybrid, increase) or paper-5.2 "
-                        "(§5.2: original, increase, increase-lr, increase-momentum) (default: compare)")
+                   help="which comparison to train: compare (§5.1: decay, hybrid, increase), paper-5.2 "
+                        "(§5.2: original, increase, increase-lr, increase-momentum) or lm (a GPT on a token clock: "
+                        "decay, converted, seesaw, rampup, steps) (default: compare)")
     for setting in flag_settings():  # every training setting, declared once in training/settings.py
         add_setting_flag(p, setting)
     p.add_argument("--download", action="store_true", help="download missing data set files (checksums verified) (default: off)")
@@ -136,14 +138,18 @@ def _run(args: argparse.Namespace) -> int:
     previous_handlers = _install_stop_handlers(stop)
     in_step = False  # True where every rank ends the same way at the same point (then they leave together)
     try:
-        dataset = load_dataset(config.dataset, config.data_dir, download=args.download)
         if args.resume and info.is_main and (not out.exists() or out.is_dir() and not any(out.iterdir())):
             # NOTE [resume fresh]: `growbatch run --resume` is the idempotent command (make demo): with nothing
             # to continue it starts the experiment, but says so, since a mistyped --out looks the same
             print(f"growbatch: --out {out} holds no experiment to resume; --resume starts it fresh", file=sys.stderr)
         observer = ProgressObserver(bars=not args.no_progress) if info.is_main else None
-        summary = run_experiment(config, out, info=info, resume=args.resume, force=args.force, stop=stop,
-                                 observer=observer, dataset=dataset)
+        if config.experiment == "lm":  # a text corpus, the LanguageModelTask (training/lm.py)
+            summary = run_lm_experiment(config, out, info=info, resume=args.resume, force=args.force, stop=stop,
+                                        observer=observer)
+        else:
+            dataset = load_dataset(config.dataset, config.data_dir, download=args.download)
+            summary = run_experiment(config, out, info=info, resume=args.resume, force=args.force, stop=stop,
+                                     observer=observer, dataset=dataset)
         in_step = True
         if info.is_main:
             path = build_report(out)

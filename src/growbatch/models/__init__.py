@@ -15,9 +15,10 @@ from .mnist_cnn import MnistCNN
 from .resnet import ResNet18
 from .wide_resnet import WideResNet
 
-__all__ = ["MODEL_NAMES", "DigitsCNN", "MnistCNN", "ResNet18", "WideResNet", "build_model"]
+__all__ = ["MODEL_NAMES", "LM_MODEL_NAMES", "DigitsCNN", "MnistCNN", "ResNet18", "WideResNet", "build_model"]
 
 MODEL_NAMES = ("cnn", "mnist-cnn", "wrn-16-4", "resnet18")
+LM_MODEL_NAMES = ("gpt-tiny", "gpt-small")  # language models: growbatch.models.gpt, built by the lm task
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int, image_size: int,
@@ -55,6 +56,9 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
     """
     if not isinstance(name, str):
         raise TypeError(f"name should be a str, one of {', '.join(MODEL_NAMES)}, but got {type(name).__name__}")
+    if name in LM_MODEL_NAMES:
+        raise ValueError(f"{name} is a language model (growbatch.models.gpt, growbatch run lm); image models: "
+                         f"{', '.join(MODEL_NAMES)}")
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     if ghost_batch_size is not None:

@@ -31,7 +31,7 @@ __all__ = ["EXPERIMENTS", "ExperimentConfig", "run_configs", "run_experiment", "
 
 SUMMARY_NAME = "summary.json"
 MILESTONE_FRACTIONS = (0.3, 0.6, 0.8)  # the paper's 60/120/160 of 200 epochs
-DEFAULT_LR = {"sgd": 1.0, "momentum": 0.1, "nesterov": 0.1, "adam": 1e-3}  # sgd: same eps/(1-m) as momentum 0.9
+DEFAULT_LR = {"sgd": 1.0, "momentum": 0.1, "nesterov": 0.1, "adam": 1e-3, "adamw": 1e-3}  # sgd: same eps/(1-m) as momentum 0.9
 PAPER_UPDATES_PER_EPOCH = 50_000 / 128  # the paper's N/B0 on CIFAR-10
 
 

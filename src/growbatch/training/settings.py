@@ -15,22 +15,29 @@ from typing import Any
 
 from ..checks import MAX_COUNT, MAX_FACTOR, MAX_SEED, check_number, check_positive_int
 from ..data import DATASET_NAMES
-from ..models import MODEL_NAMES
+from ..data.text import TEXT_DATASETS
+from ..models import LM_MODEL_NAMES, MODEL_NAMES
 from ..schedule.adaptive import AdaptiveBatch
 from ..schedule.builders import RULES
 from ..schedule.schedule import Schedule
+from ..schedule.tokens import LR_SCHEDULES, parse_batch_schedule, parse_rampup, parse_tokens
 
 __all__ = ["OPTIMIZERS", "EXPERIMENTS", "RunSettings", "ExperimentConfig", "RunConfig", "setting", "flag_settings",
            "compatible_keys", "positive_int", "int_list", "bounded_float", "name_list", "micro_batch_size_text"]
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
-EXPERIMENTS = ("compare", "paper-5.2")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+EXPERIMENTS = ("compare", "paper-5.2", "lm")
 NOISE_SCALE_MODES = ("free", "split", "off")
 SCHEDULES = {"compare": ("decay", "hybrid", "increase", "adaptive"),  # adaptive only when --schedules names it
-             "paper-5.2": ("original", "increase", "increase-lr", "increase-momentum")}
+             "paper-5.2": ("original", "increase", "increase-lr", "increase-momentum"),
+             "lm": ("decay", "converted", "seesaw", "rampup", "steps")}  # steps only with --batch-schedule
 ALL_SCHEDULES = tuple(dict.fromkeys(name for names in SCHEDULES.values() for name in names))
-DEFAULT_MODEL = {"digits": "cnn", "mnist": "mnist-cnn", "fashion-mnist": "mnist-cnn", "cifar10": "wrn-16-4"}
-DEFAULT_EPOCHS = {"digits": 30, "mnist": 6, "fashion-mnist": 6, "cifar10": 200}
+DEFAULT_MODEL = {"digits": "cnn", "mnist": "mnist-cnn", "fashion-mnist": "mnist-cnn", "cifar10": "wrn-16-4",
+                 "python-stdlib": "gpt-tiny", "text": "gpt-tiny"}
+DEFAULT_EPOCHS = {"digits": 30, "mnist": 6, "fashion-mnist": 6, "cifar10": 200, "python-stdlib": 8, "text": 8}
+ALL_DATASETS = DATASET_NAMES + TEXT_DATASETS
+DEFAULT_SEQ_LEN = 128
+DEFAULT_TOKENS = 2**19  # per lm run: about 4-5 minutes of gpt-tiny's four runs on an idle CPU core
 
 
 # -- the text form of settings (a flag's value); each raises ValueError with the message a user sees --------
@@ -128,7 +135,8 @@ def setting(default: Any, help: str, *, parse: Callable[[str], Any] | None = Non
 class RunSettings:
     """The settings that every run of an experiment takes over unchanged."""
 
-    dataset: str = setting("digits", "data set to train on", choices=DATASET_NAMES)
+    dataset: str | None = setting(None, "data set to train on (default: digits; python-stdlib for lm, text with "
+                                  "--text-file)", choices=ALL_DATASETS)
     data_dir: str | None = setting(None, "where the data set files are (npz or torchvision layout)",
                                    resume="free", manifest=False)
     weight_decay: float = setting(5e-4, "L2 weight decay", parse=float)
@@ -145,10 +153,16 @@ class RunSettings:
     tensorboard: bool = setting(False, "also write TensorBoard event files (RUN/tensorboard/; needs the tensorboard "
                                        "package: pip install 'growbatch[tensorboard]')", resume="free", manifest=False)
     eval_batch_size: int = setting(1024, "samples per evaluation pass", flag=False, resume="free", manifest=False)
+    seq_len: int | None = setting(None, f"lm: tokens per sequence, one sample (default {DEFAULT_SEQ_LEN})",
+                                  parse=positive_int)
+    text_file: str | None = setting(None, "lm: train on this UTF-8 file or folder of files (dataset text) instead of "
+                                          "the Python standard library")
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASET_NAMES:
-            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASET_NAMES)}")
+        if self.dataset is None:  # NOTE [resolved defaults]: an explicit value stays what was given, to be checked
+            object.__setattr__(self, "dataset", "text" if self.text_file is not None else "digits")
+        if self.dataset not in ALL_DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(ALL_DATASETS)}")
         check_number("weight_decay", self.weight_decay)
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay should be >= 0, but got weight_decay={self.weight_decay}")
@@ -165,12 +179,13 @@ class ExperimentConfig(RunSettings):
     """An experiment: several schedules x optimizers x seeds on one data set and model."""
 
     experiment: str = setting("compare", "compare (§5.1) or paper-5.2 (§5.2)", choices=EXPERIMENTS, flag=False)
-    model: str | None = setting(None, "the network (default: suited to the data set)", choices=MODEL_NAMES)
+    model: str | None = setting(None, "the network (default: suited to the data set)",
+                                choices=MODEL_NAMES + LM_MODEL_NAMES)
     schedules: tuple[str, ...] | None = setting(
         None, "comma-separated subset of the experiment's schedules (compare: decay,hybrid,increase; paper-5.2: "
         "original,increase,increase-lr,increase-momentum) (default all)", parse=name_list(ALL_SCHEDULES))
-    optimizers: tuple[str, ...] = setting(("momentum",), f"comma-separated: {','.join(OPTIMIZERS)}",
-                                          parse=name_list(OPTIMIZERS))
+    optimizers: tuple[str, ...] | None = setting(None, f"comma-separated: {','.join(OPTIMIZERS)} (default: momentum; "
+                                                 "adamw for lm)", parse=name_list(OPTIMIZERS))
     epochs: int | None = setting(None, "epochs per run; milestones are rescaled to it (default per data set)",
                                  parse=positive_int)
     seeds: tuple[int, ...] = setting((0,), "comma-separated seeds, e.g. 0,1,2", parse=int_list)
@@ -190,16 +205,36 @@ class ExperimentConfig(RunSettings):
         None, "ghost batch norm size (default: the initial batch size; 0 turns ghost BN off)", parse=int)
     train_size: int | None = setting(
         None, "train on a class-balanced subset of this many images (the test set stays whole)", parse=positive_int)
+    tokens: int | None = setting(None, "lm: training tokens per run, e.g. 512k or 2M (default 524288 = 2^19)",
+                                 parse=parse_tokens)
+    lr_schedule: str = setting("cosine", "lm: the lr schedule of the decay run and of the conversions: cosine "
+                               "(warm-up + cosine to lr/10) or wsd (warm-up, stable, last 20%% linear to lr/10)",
+                               choices=LR_SCHEDULES)
+    warmup: float = setting(0.05, "lm: warm-up, as a fraction of the tokens", parse=float)
+    batch_schedule: tuple[tuple[int, int], ...] | None = setting(
+        None, "lm: a token step list TOKENS:BATCH,... such as 0:16,2M:32,6M:64 (Megatron's step schedule), run as "
+        "schedule steps with the lr schedule", parse=parse_batch_schedule)
+    rampup_batch_size: tuple[int, int, int] | None = setting(
+        None, "lm: Megatron's --rampup-batch-size as 'START INCREMENT SAMPLES' towards --max-batch-size, for the "
+        "rampup schedule (default: from --batch-size by --batch-size over half the samples)", parse=parse_rampup)
 
     def __post_init__(self) -> None:
+        if self.dataset is None and self.experiment == "lm":  # NOTE [resolved defaults]
+            object.__setattr__(self, "dataset", "text" if self.text_file is not None else "python-stdlib")
+        if self.optimizers is None:
+            object.__setattr__(self, "optimizers", ("adamw",) if self.experiment == "lm" else ("momentum",))
+        if self.experiment == "lm":  # recorded resolved, so config.json and a resume check see the value used
+            object.__setattr__(self, "seq_len", self.seq_len or DEFAULT_SEQ_LEN)
+            object.__setattr__(self, "tokens", self.tokens or DEFAULT_TOKENS)
         super().__post_init__()
+        self._check_task()
 
         def one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
         one_of("experiment", self.experiment, EXPERIMENTS)
         if self.model is not None:
-            one_of("model", self.model, MODEL_NAMES)
+            one_of("model", self.model, MODEL_NAMES + LM_MODEL_NAMES)
         if not self.optimizers:
             raise ValueError(f"optimizers should name at least one of {', '.join(OPTIMIZERS)}")
         for name in self.optimizers:
@@ -241,7 +276,47 @@ class ExperimentConfig(RunSettings):
         """The conversion rules of ``optimizer``'s schedules: by default the square-root rule for Adam, else SGD's."""
         if self.rules is not None:
             return self.rules
-        return ("sqrt",) if optimizer == "adam" and self.experiment == "compare" else ("linear",)
+        return ("sqrt",) if optimizer in ("adam", "adamw") and self.experiment in ("compare", "lm") else ("linear",)
+
+    def _check_task(self) -> None:
+        """A text data set and a GPT go with lm only, and the lm settings with nothing else."""
+        text, lm = self.dataset in TEXT_DATASETS, self.experiment == "lm"
+        if lm and not text:
+            raise ValueError(f"growbatch run lm trains a language model on text, but got --dataset {self.dataset} "
+                             f"(images); use --dataset python-stdlib or --text-file PATH")
+        if self.text_file is not None and not lm:
+            raise ValueError(f"--text-file is a corpus for growbatch run lm; {self.experiment} trains image classifiers")
+        if text and not lm:
+            raise ValueError(f"--dataset {self.dataset} is text, for growbatch run lm; {self.experiment} trains "
+                             f"image classifiers on {', '.join(DATASET_NAMES)}")
+        if self.model is not None and (self.model in LM_MODEL_NAMES) != lm:
+            valid = LM_MODEL_NAMES if lm else MODEL_NAMES
+            raise ValueError(f"--model {self.model} is {'an image' if lm else 'a language'} model, but "
+                             f"{self.experiment} trains {'a language model' if lm else 'images'}; valid: "
+                             f"{', '.join(valid)}")
+        if self.text_file is not None and self.dataset != "text":
+            raise ValueError(f"--text-file is the corpus of --dataset text, but got --dataset {self.dataset}; "
+                             "drop one of them")
+        if self.dataset == "text" and self.text_file is None:
+            raise ValueError("--dataset text reads --text-file PATH; give one (a UTF-8 file or a folder of them)")
+        lm_only = {"tokens": self.tokens, "seq_len": self.seq_len, "batch_schedule": self.batch_schedule,
+                   "rampup_batch_size": self.rampup_batch_size}
+        given = [name for name, value in lm_only.items() if value is not None]
+        if given and not lm:
+            raise ValueError(f"--{given[0].replace('_', '-')} applies to growbatch run lm only")
+        image_only = {"train_size": self.train_size is not None, "ghost_batch_size": self.ghost_batch_size is not None,
+                      "channels_last": self.channels_last, "factor": self.factor != 5.0,
+                      "noise_multiple": self.noise_multiple != 1.0}
+        given = [name for name, set_ in image_only.items() if set_]
+        if lm and given:
+            raise ValueError(f"--{given[0].replace('_', '-')} applies to image experiments; growbatch run lm does not "
+                             "take it")
+        if lm and self.rules is not None and (len(self.rules) > 1 or self.rules[0] == "seesaw"):
+            raise ValueError(f"lm converts its lr schedule by one rule, linear or sqrt (seesaw is its own schedule), "
+                             f"but got --rules {','.join(self.rules)}")
+        if lm and self.schedules is not None and "steps" in self.schedules and self.batch_schedule is None:
+            raise ValueError("the steps schedule follows --batch-schedule TOKENS:BATCH,...; give one, or drop steps")
+        check_number("warmup", self.warmup)
 
     @property
     def resolved_model(self) -> str:

@@ -71,6 +71,10 @@ class Task(ABC):
     def train_metrics(self, loss_sum: float, sums: dict[str, float], samples: int) -> dict[str, float]:
         """An epoch's training metrics from its totals over ranks (samples may be 0)."""
 
+    def clock_metrics(self, samples: int) -> dict[str, float]:
+        """Extra clock fields of a metrics record from the samples trained so far (a language model's tokens)."""
+        return {}
+
     @abstractmethod
     def evaluate(self, model: nn.Module, config: RunConfig, info: DistInfo) -> dict[str, float]:
         """The test metrics over the whole test split (each rank evaluates a share; the result is the total's)."""
