@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +20,23 @@ gk = pytest.importorskip("growbatch.integrations.keras")
 from growbatch.batching.sampler import derive_seed  # noqa: E402
 from growbatch.schedule import Phase, Schedule  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_DATA = ROOT.parent / "shared" / "data" / "mnist.npz"
+
 N = 600
 # 3 epochs, a batch change in the middle of epoch 1 (epoch 1.5 = position 300) and one at epoch 2
 SCHEDULE = Schedule((Phase(0, 1.5, 0.1, 20, 0.9), Phase(1.5, 2, 0.05, 60, 0.9), Phase(2, 3, 0.05, 200, 0.5)),
                     dataset_size=N)
 PLAN_UPDATES = 30 + (15 + 5) + 3  # 600/20, 300/20 + 300/60, 600/200
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Keras's small steps run 10x slower with torch's 2 threads on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -242,3 +257,27 @@ def test_keras_ghost_batch_normalization_is_batch_norm_per_ghost(batch):
     np.testing.assert_allclose(out, np.concatenate(chunks), rtol=1e-5, atol=1e-5)
     means = [x[i:i + 10].mean(axis=(0, 1, 2)) for i in range(0, batch, 10)]
     np.testing.assert_allclose(keras.ops.convert_to_numpy(ghost.moving_mean), 0.1 * np.mean(means, axis=0), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_keras_mnist_example_quick():
+    """examples/keras_mnist.py --quick: the seed's three schedules, one fit() each, trains the planned updates."""
+    if not EXAMPLE_DATA.is_file():
+        pytest.skip(f"no MNIST at {EXAMPLE_DATA}")
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "keras_mnist.py"), "--quick", "--verbose", "0"],
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "KERAS_BACKEND": "torch"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
+            if line.split()[:1] in (["decay"], ["hybrid"], ["increase"])}
+    assert {name: (int(r[2]), int(r[3])) for name, r in rows.items()} == {
+        "decay": (3 * 60, 3 * 60), "hybrid": (60 + 12 + 12, 84), "increase": (60 + 12 + 3, 75)}
+    assert all(float(r[5]) > 0.6 for r in rows.values())  # test accuracy after 3 short epochs
+
+
+def test_keras_mnist_example_bad_data_path_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "keras_mnist.py"), "--data", str(tmp_path / "no.npz")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"keras_mnist.py: error: --data {tmp_path / 'no.npz'} is not a file; "
+                                                  "pass the path of mnist.npz"]
