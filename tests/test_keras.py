@@ -281,3 +281,12 @@ def test_keras_mnist_example_bad_data_path_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"keras_mnist.py: error: --data {tmp_path / 'no.npz'} is not a file; "
                                                   "pass the path of mnist.npz"]
+
+
+def test_keras_docs_example_runs():
+    """docs/keras.md's complete example trains the planned updates (it asserts them itself)."""
+    text = (ROOT / "docs" / "keras.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "docs/keras.md", "exec"), namespace)
+    assert int(namespace["model"].optimizer.iterations) == 2 * 57 + 2 * 12 + 2 * 3
