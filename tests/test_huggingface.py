@@ -210,12 +210,15 @@ def test_huggingface_arguments_that_would_miscount_are_refused(tmp_path):
         hf.ScheduleTrainer(DigitsModel(DigitsConfig()), transformers.TrainingArguments(
             str(tmp_path), num_train_epochs=1, report_to="none", use_cpu=True),
             schedule=Schedule((Phase(0, 1, 0.1, 20),), dataset_size=500), train_dataset=Digits())
-    with pytest.raises(ValueError, match=r"a batch to split should hold tensors with one first dimension"):
-        hf.split_batch({"input_ids": torch.zeros(4, 3), "labels": torch.zeros(5)}, 2)
+    t = trainer(tmp_path, micro_batch_size=2)
+    with pytest.raises(ValueError, match=r"the tensors of a batch should have the same first dimension \(samples\), "
+                                         r"but got inputs\['pixels'\]: 4, inputs\['labels'\]: 5"):
+        t.training_step(t.model, {"pixels": torch.zeros(4, 64), "labels": torch.zeros(5, dtype=torch.long)})
 
 
-def test_huggingface_docs_example_runs():
+def test_huggingface_docs_example_runs(tmp_path, monkeypatch):
     """docs/huggingface.md's complete example trains the planned updates (it asserts them itself)."""
+    monkeypatch.chdir(tmp_path)  # its checkpoints go to runs/hf-digits
     text = (ROOT / "docs" / "huggingface.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     exec(compile(code, "docs/huggingface.md", "exec"), {})

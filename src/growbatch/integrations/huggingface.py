@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader
 
 from ..batching.sampler import DynamicBatchSampler
 from ..batching.scheduler import BatchSizeScheduler
+from ..batching.structure import batch_length, split_batch
 from ..checks import check_positive_int
 from ..schedule.schedule import Schedule
 
-__all__ = ["ScheduleTrainer", "split_batch"]
+__all__ = ["ScheduleTrainer"]
 
 # NOTE [trainer loop]: transformers' Trainer sizes every epoch by len(train_dataloader) at the start, and on
 # resume skips global_step // that many epochs and global_step % that many batches: right only for a fixed
@@ -34,27 +35,6 @@ __all__ = ["ScheduleTrainer", "split_batch"]
 # one ends when the sampler does), the plan's updates as max_steps, and on resume the epoch where the restored
 # BatchSizeScheduler stands with no batches to skip: the sampler itself starts where training stopped.
 _NEEDS = ("set_initial_training_values", "_init_training_state")
-
-
-def split_batch(batch: Any, micro_batch_size: int) -> list[Any]:
-    """A dict (or tuple, or tensor) batch cut along its first dimension into micro-batches of ``micro_batch_size``.
-
-    Example:
-        >>> parts = split_batch({"input_ids": torch.zeros(5, 3), "labels": torch.arange(5)}, 2)
-        >>> [p["labels"].tolist() for p in parts]
-        [[0, 1], [2, 3], [4]]
-    """
-    check_positive_int("micro_batch_size", micro_batch_size)
-    if isinstance(batch, torch.Tensor):
-        return list(batch.split(micro_batch_size))
-    items = list(batch.items()) if isinstance(batch, dict) else list(enumerate(batch))
-    sizes = {len(v) for _, v in items if isinstance(v, torch.Tensor) and v.dim() > 0}
-    if len(sizes) != 1 or any(not isinstance(v, torch.Tensor) or v.dim() == 0 for _, v in items):
-        shown = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in items}
-        raise ValueError(f"a batch to split should hold tensors with one first dimension, but got {shown}")
-    columns = [(k, v.split(micro_batch_size)) for k, v in items]
-    parts = [{k: chunks[i] for k, chunks in columns} for i in range(len(columns[0][1]))]
-    return parts if isinstance(batch, dict) else [type(batch)(p[i] for i in range(len(items))) for p in parts]
 
 
 class _SampleClockEpoch(TrainerCallback):
@@ -136,7 +116,7 @@ class ScheduleTrainer(Trainer):
         else:
             collator = self._get_collator_with_removed_columns(collator, description="training")
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        self._sampler = DynamicBatchSampler(len(dataset), self.schedule, seed=seed)
+        self._sampler = DynamicBatchSampler(dataset, self.schedule, seed=seed)
         loader = DataLoader(dataset, batch_sampler=self._sampler, collate_fn=collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
                             persistent_workers=self.args.dataloader_persistent_workers and
@@ -186,7 +166,7 @@ class ScheduleTrainer(Trainer):
     def training_step(self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         if self.micro_batch_size is None:
             return super().training_step(model, inputs, num_items_in_batch)
-        parts = split_batch(inputs, self.micro_batch_size)
+        parts = split_batch(inputs, self.micro_batch_size, batch_length(inputs, "inputs"))
         items = [_items(p) for p in parts]
         losses = []
         try:
@@ -216,9 +196,7 @@ def _items(batch: Any) -> int:
     """What a mean loss averages over: the labels other than -100 (ignored by cross-entropy), else the rows."""
     if isinstance(batch, dict) and isinstance(batch.get("labels"), torch.Tensor):
         return int(batch["labels"].ne(-100).sum())
-    first = next(iter(batch.values())) if isinstance(batch, dict) else batch[0] if isinstance(batch, (tuple, list)) \
-        else batch
-    return len(first)
+    return batch_length(batch)
 
 
 def _is_hf_dataset(dataset: Any) -> bool:
