@@ -3,7 +3,7 @@
 For each framework: the updates of one fresh run (workers 0 and 2), and of runs killed at updates 60 and 160
 and resumed from the framework's own checkpoints, with whether their final weights equal the fresh run's.
 
-    .venv/bin/python bench/bench_integrations.py [--frameworks keras]    # ~1 min on 2 busy cores
+    .venv/bin/python bench/bench_integrations.py [--frameworks keras,huggingface]    # ~1 min on 2 busy cores
 """
 
 from __future__ import annotations
@@ -80,12 +80,79 @@ def keras_row() -> dict:
     return row
 
 
+# -- Hugging Face -----------------------------------------------------------------------
+def hf_trainer(out: str, workers: int = 0, save_steps: int | None = None):
+    import transformers
+    from torch import nn
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    from growbatch.integrations.huggingface import ScheduleTrainer
+
+    class Pixels(torch.utils.data.Dataset):
+        def __init__(self):
+            x, y = mnist()
+            self.x, self.y = torch.tensor(x).flatten(1), torch.tensor(y)
+
+        def __len__(self):
+            return N
+
+        def __getitem__(self, i):
+            return {"pixels": self.x[i], "labels": self.y[i]}
+
+    class Config(transformers.PretrainedConfig):
+        model_type = "bench-mnist-mlp"
+
+    class MLP(transformers.PreTrainedModel):
+        config_class = Config
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.net = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+            self.post_init()
+
+        def forward(self, pixels, labels=None):
+            logits = self.net(pixels)
+            return SequenceClassifierOutput(loss=nn.functional.cross_entropy(logits, labels), logits=logits)
+
+    torch.manual_seed(0)
+    model = MLP(Config())
+    args = transformers.TrainingArguments(out, num_train_epochs=3, learning_rate=0.05, report_to="none", use_cpu=True,
+                                          disable_tqdm=True, dataloader_num_workers=workers, logging_steps=1,
+                                          save_strategy="steps" if save_steps else "no", save_steps=save_steps or 1)
+    return ScheduleTrainer(model, args, schedule=schedule(), train_dataset=Pixels(),
+                           optimizers=(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), None))
+
+
+def hf_row() -> dict:
+    import accelerate
+    import transformers
+
+    row = {"framework": f"transformers {transformers.__version__} + accelerate {accelerate.__version__}",
+           "planned": schedule().plan().total_updates}
+    with tempfile.TemporaryDirectory() as out:
+        whole = hf_trainer(f"{out}/whole", save_steps=20)
+        whole.train()
+        row["updates_workers0"] = whole.state.global_step
+        row["last_logged_epoch"] = whole.state.log_history[-2]["epoch"]
+        final = whole.model.state_dict()
+        two = hf_trainer(f"{out}/two", workers=2)
+        two.train()
+        row["updates_workers2"] = two.state.global_step
+        for step in KILLS:
+            resumed = hf_trainer(f"{out}/from{step}")
+            resumed.train(resume_from_checkpoint=f"{out}/whole/checkpoint-{step}")
+            row[f"resumed_from_checkpoint_{step}"] = resumed.state.global_step
+            row[f"same_weights_from_checkpoint_{step}"] = all(
+                torch.equal(v, final[k]) for k, v in resumed.model.state_dict().items())
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frameworks", default="keras", help="comma-separated: keras")
+    parser.add_argument("--frameworks", default="keras,huggingface", help="comma-separated: keras, huggingface")
     args = parser.parse_args()
     torch.set_num_threads(1)  # small steps on shared cores: one thread is several times faster
-    rows = {"keras": keras_row}
+    rows = {"keras": keras_row, "huggingface": hf_row}
     for name in args.frameworks.split(","):
         print(json.dumps(rows[name]()))
 
