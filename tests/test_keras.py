@@ -290,3 +290,15 @@ def test_keras_docs_example_runs():
     namespace: dict = {}
     exec(compile(code, "docs/keras.md", "exec"), namespace)
     assert int(namespace["model"].optimizer.iterations) == 2 * 57 + 2 * 12 + 2 * 3
+
+
+def test_keras_momentum_none_keeps_the_optimizers(recwarn):
+    """A schedule without momentum (Phase.momentum None) leaves SGD's momentum and Adam's beta_1 alone."""
+    x, y = digits()
+    schedule = Schedule((Phase(0, 1, 0.1, 20), Phase(1, 3, 0.1, 200)), dataset_size=N)
+    for optimizer, own in ((keras.optimizers.SGD(0.1, momentum=0.7), 0.7), (keras.optimizers.Adam(0.1, beta_1=0.8), 0.8)):
+        model = Recorded()
+        model.compile(optimizer, "sparse_categorical_crossentropy")
+        fit(model, gk.ScheduleDataset(x, y, schedule))
+        assert [m for _, m in model.hyper] == pytest.approx([own] * (30 + 3 + 3))
+    assert not [w for w in recwarn if "replaces" in str(w.message)]
