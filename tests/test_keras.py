@@ -283,8 +283,9 @@ def test_keras_mnist_example_bad_data_path_is_one_line(tmp_path):
                                                   "pass the path of mnist.npz"]
 
 
-def test_keras_docs_example_runs():
+def test_keras_docs_example_runs(tmp_path, monkeypatch):
     """docs/keras.md's complete example trains the planned updates (it asserts them itself)."""
+    monkeypatch.chdir(tmp_path)  # its backups go to runs/
     text = (ROOT / "docs" / "keras.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     namespace: dict = {}
@@ -302,3 +303,54 @@ def test_keras_momentum_none_keeps_the_optimizers(recwarn):
         fit(model, gk.ScheduleDataset(x, y, schedule))
         assert [m for _, m in model.hyper] == pytest.approx([own] * (30 + 3 + 3))
     assert not [w for w in recwarn if "replaces" in str(w.message)]
+
+
+def test_keras_mid_epoch_backup_is_refused_not_repeated(tmp_path):
+    """Keras's BackupAndRestore(save_freq=int) restores mid-epoch weights but restarts the epoch: refused, loudly."""
+    x, y = digits()
+
+    class Kill(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if int(self.model.optimizer.iterations) == 45:  # epoch 1, batch 15
+                raise KeyboardInterrupt
+
+    backup = str(tmp_path / "backup")
+    with pytest.raises(KeyboardInterrupt):
+        fit(build(), gk.ScheduleDataset(x, y, SCHEDULE), [keras.callbacks.BackupAndRestore(backup, save_freq=5), Kill()])
+    with pytest.raises(RuntimeError, match=r"the optimizer has made 45 updates, but fit\(\) starts epoch 1 at sample 0, "
+                                           r"after 30 of the schedule's updates"):
+        fit(build(), gk.ScheduleDataset(x, y, SCHEDULE), [keras.callbacks.BackupAndRestore(backup, save_freq=5)])
+
+
+def test_keras_growbatch_backup_and_restore_resumes_mid_epoch_twice(tmp_path):
+    """growbatch's BackupAndRestore(save_freq=5): killed at update 45 (mid-epoch 1), then at 52, the same weights."""
+    x, y = digits()
+    whole = build()
+    fit(whole, gk.ScheduleDataset(x, y, SCHEDULE))
+
+    class Kill(keras.callbacks.Callback):
+        def __init__(self, at):
+            super().__init__()
+            self.at = at
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if int(self.model.optimizer.iterations) == self.at:
+                raise KeyboardInterrupt
+
+    backup = str(tmp_path / "backup")
+    trained = []
+    for kill_at in (45, 52, None):  # the last backups before them: after updates 45 and 50 (the end of epoch 1)
+        model, dataset = build(), gk.ScheduleDataset(x, y, SCHEDULE)
+        callback = gk.ScheduleCallback(dataset)
+        callbacks = [callback, gk.BackupAndRestore(backup, callback, save_freq=5)] + ([Kill(kill_at)] if kill_at else [])
+        try:
+            model.fit(dataset, epochs=3, shuffle=False, verbose=0, callbacks=callbacks)
+        except KeyboardInterrupt:
+            pass
+        trained.append(model.batches)
+    assert int(model.optimizer.iterations) == callback.updates == PLAN_UPDATES
+    batches = expected_batches(SCHEDULE, 0, range(3))
+    assert trained[0] == batches[:45] and trained[1] == batches[45:52] and trained[2] == batches[50:]
+    for a, b in zip(whole.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert gk.ScheduleCallback(dataset).clock_after(45) == (1, 300) and gk.ScheduleCallback(dataset).clock_after(53) == (3, 0)

@@ -30,7 +30,7 @@ from ..batching.sampler import derive_seed
 from ..checks import check_int
 from ..schedule.schedule import Schedule
 
-__all__ = ["ScheduleDataset", "ScheduleCallback", "GhostBatchNormalization", "STATE_VERSION"]
+__all__ = ["ScheduleDataset", "ScheduleCallback", "BackupAndRestore", "GhostBatchNormalization", "STATE_VERSION"]
 
 STATE_VERSION = 1
 
@@ -181,9 +181,10 @@ class ScheduleCallback(keras.callbacks.ProgbarLogger):
     cut; after each epoch it checks that every batch was trained. It is Keras's progress bar too (a
     ``ProgbarLogger``), so fit() adds no second one. A phase with ``momentum=None`` keeps the optimizer's.
 
-    Resume: with ``keras.callbacks.BackupAndRestore`` (epoch backups) a restarted fit() continues at the
-    restored epoch exactly; mid-epoch, ``load_state_dict(state)`` (from ``state_dict()``, saved with the
-    weights) and ``fit(initial_epoch=state["epoch"])`` continue at the next batch.
+    Resume: with this module's ``BackupAndRestore`` (any ``save_freq``) or Keras's own with epoch backups,
+    a restarted fit() continues exactly where the backup was made; by hand, ``load_state_dict(state)``
+    (from ``state_dict()``, saved with the weights) and ``fit(initial_epoch=state["epoch"])``. The first
+    epoch of every fit() checks that the optimizer's update counter agrees with where it starts.
 
     Args:
         dataset: the ScheduleDataset passed to fit().
@@ -230,6 +231,17 @@ class ScheduleCallback(keras.callbacks.ProgbarLogger):
             yield cut
             cut += size
 
+    def clock_after(self, updates: int) -> tuple[int, int]:
+        """(epoch, position) where the schedule stands after ``updates`` updates (it cuts the same batches every run)."""
+        check_int("updates", updates, 0)
+        epoch = int(np.searchsorted(self._updates_before, updates, side="right")) - 1
+        if epoch >= self.schedule.epochs:
+            if updates > self._updates_before[-1]:
+                raise ValueError(f"updates={updates} is past the schedule's {self._updates_before[-1]}")
+            return self.schedule.epochs, 0
+        done = updates - int(self._updates_before[epoch])
+        return epoch, int(sum(self.schedule.batch_sizes(epoch)[:done]))
+
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "dataset_size": self.schedule.dataset_size, "epoch": self.epoch,
                 "position": self.position, "updates": self.updates, "samples_seen": self.samples_seen}
@@ -268,6 +280,7 @@ class ScheduleCallback(keras.callbacks.ProgbarLogger):
                              "batches per call, so the lr cannot follow each batch; use steps_per_execution=1")
         self._check_optimizer(self.model.optimizer)
         self.dataset._unplaced_passes = 0
+        self._first_epoch = True
         self._quiet = warnings.catch_warnings()  # NOTE [short epochs]: until on_train_end
         self._quiet.__enter__()
         warnings.filterwarnings("ignore", message=_RAN_OUT, category=UserWarning)
@@ -279,10 +292,13 @@ class ScheduleCallback(keras.callbacks.ProgbarLogger):
                              f"{epoch}: pass initial_epoch={self._resume[0]}")
         position = self._resume[1] if self._resume is not None else 0
         self._resume = None
-        if epoch == 0 and position == 0:
-            self._warn_replaced(self.model.optimizer)
         self.dataset.set_position(epoch, position)
         self.epoch, self.position, self._start = epoch, position, position
+        if self._first_epoch:
+            self._first_epoch = False
+            self._check_restored_updates()
+            if epoch == 0 and position == 0:
+                self._warn_replaced(self.model.optimizer)
         self._sizes, self._batch = self.dataset.batch_sizes(), 0
         self.target = len(self._sizes)  # the progress bar of this epoch
         super().on_epoch_begin(epoch, logs)
@@ -339,6 +355,21 @@ class ScheduleCallback(keras.callbacks.ProgbarLogger):
             raise ValueError(f"{type(optimizer).__name__}(momentum=0) keeps no momentum buffers, but the schedule "
                              f"sets momentum {sorted(momenta)}: build it with momentum={max(momenta):g}")
 
+    def _check_restored_updates(self) -> None:
+        """The optimizer's own update counter (restored with the weights) must be where the schedule resumes."""
+        iterations, expected = int(self.model.optimizer.iterations), self.updates
+        if iterations == expected:
+            return
+        where = f"fit() starts epoch {self.epoch} at sample {self.position}, after {expected} of the schedule's updates"
+        if expected == 0:
+            warnings.warn(f"the optimizer has made {iterations} updates before this fit(), which {where}; if its "
+                          "weights come from a mid-epoch backup, the epoch's first batches are trained twice",
+                          stacklevel=2)
+            return
+        raise RuntimeError(f"the optimizer has made {iterations} updates, but {where}: the weights are from another "
+                           "point of the run (a mid-epoch BackupAndRestore(save_freq=<int>) restarts its epoch from "
+                           "the first batch); use growbatch.integrations.keras.BackupAndRestore(backup_dir, callback)")
+
     def _warn_replaced(self, optimizer: Any) -> None:
         """At a fresh start, say where the schedule's first values replace the optimizer's own."""
         phase = self.schedule.phases[0]
@@ -361,6 +392,37 @@ class ScheduleCallback(keras.callbacks.ProgbarLogger):
             optimizer.learning_rate = lr
         if momentum is not None:
             setattr(optimizer, name, momentum)
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` that resumes a ScheduleCallback exactly, mid-epoch backups included.
+
+    Keras's own restores the weights (the optimizer's update counter with them) but restarts the backed-up
+    epoch from its first batch, and after a restore it records epoch 0 until the next epoch ends. This one
+    places the run where the restored update counter says: the schedule cuts the same batches every run,
+    so ``updates`` fixes (epoch, position), and fit() continues at the next batch.
+
+    Args:
+        backup_dir, save_freq, double_checkpoint, delete_checkpoint: as for Keras's.
+        schedule_callback: the ScheduleCallback of the same fit().
+    """
+
+    def __init__(self, backup_dir: str, schedule_callback: ScheduleCallback, **kwargs: Any) -> None:
+        super().__init__(backup_dir, **kwargs)
+        if not isinstance(schedule_callback, ScheduleCallback):
+            raise TypeError(f"schedule_callback should be a ScheduleCallback, but got {type(schedule_callback).__name__}")
+        self.schedule_callback = schedule_callback
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        restoring = os.path.exists(self._weights_path) or os.path.exists(self._prev_weights_path)
+        super().on_train_begin(logs)
+        if not restoring:
+            return
+        epoch, position = self.schedule_callback.clock_after(int(self.model.optimizer.iterations))
+        clock = {**self.schedule_callback.state_dict(), "epoch": epoch, "position": position}
+        self.schedule_callback.load_state_dict(clock)
+        self.model._initial_epoch = epoch  # what Keras's own restore sets, here from the update counter
+        self._current_epoch = epoch  # Keras's counter restarts at 0 after a restore
 
 
 class GhostBatchNormalization(keras.layers.Layer):
