@@ -196,6 +196,29 @@ def test_huggingface_bert_dict_batches_micro_batched(tmp_path):
         torch.testing.assert_close(value, results[1][1][name], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_huggingface_ddp_two_processes_equal_one(tmp_path):
+    """torchrun, 2 CPU processes (gloo): the same updates and, with odd batches (rank shares 13/12, 38/37), the
+    same weights as one process: each rank's loss is weighted by its share of the global batch."""
+    import os
+    import subprocess
+    import sys
+
+    script, env = str(ROOT / "tests" / "huggingface_ddp_run.py"), {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, script, str(one)], check=True, env=env, capture_output=True, timeout=300)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", script, str(two)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone, ranks = torch.load(one / "rank0.pt"), [torch.load(two / f"rank{r}.pt") for r in (0, 1)]
+    assert alone["updates"] == ranks[0]["updates"] == ranks[1]["updates"] == 24 + 8  # 600/25, ceil(600/75)
+    assert alone["samples"] == ranks[0]["samples"] + ranks[1]["samples"] == 2 * N
+    for name, value in alone["weights"].items():
+        torch.testing.assert_close(ranks[0]["weights"][name], value, rtol=1e-5, atol=1e-6)
+        assert torch.equal(ranks[0]["weights"][name], ranks[1]["weights"][name])
+
+
 def test_huggingface_arguments_that_would_miscount_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"gradient_accumulation_steps=2: the schedule sets the whole batch; "
                                          r"pass micro_batch_size"):

@@ -164,16 +164,23 @@ class ScheduleTrainer(Trainer):
 
     # -- micro-batches ---------------------------------------------------------------
     def training_step(self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
-        if self.micro_batch_size is None:
+        world_size = self.accelerator.num_processes
+        if self.micro_batch_size is None and world_size == 1:
             return super().training_step(model, inputs, num_items_in_batch)
-        parts = split_batch(inputs, self.micro_batch_size, batch_length(inputs, "inputs"))
+        length = batch_length(inputs, "inputs")
+        parts = split_batch(inputs, self.micro_batch_size or length, length)
         items = [_items(p) for p in parts]
+        # NOTE [micro weights]: each micro-batch's mean loss (num_items_in_batch=None, so no model divides by the
+        # whole batch's items) weighted by its share of the global batch's labelled items, times the world size
+        # (DDP averages the ranks' gradients): exact when the ranks' shares differ in size, too
+        per_rank = sum(items)
+        if world_size > 1:
+            per_rank = float(self.accelerator.reduce(torch.tensor(float(per_rank), device=self.args.device),
+                                                     reduction="sum")) / world_size
         losses = []
         try:
             for i, part in enumerate(parts):
-                # NOTE [micro weights]: each micro-batch's mean loss (num_items_in_batch=None, so no model divides
-                # by the whole batch's items) weighted by its share of the batch's labelled items
-                self._micro_weight = items[i] / sum(items)
+                self._micro_weight = items[i] / per_rank
                 last = i == len(parts) - 1
                 with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
                     losses.append(super().training_step(model, part, None))
