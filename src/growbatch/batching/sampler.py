@@ -250,7 +250,11 @@ class DynamicBatchSampler(BatchSampler):
                     f"set_epoch({epoch}) would move the sampler away from its BatchSizeScheduler, which stands at "
                     f"epoch {current}, position {position}; the scheduler's step() moves both clocks (load a "
                     "state_dict into the scheduler to go elsewhere)")
-            return
+            if self._epoch_over() or self._epoch != current:  # the cut pass is over: the epoch starts at training's
+                self._epoch, self._position = current, position
+                self._pass += 1
+                self._start_pass_record()
+            return  # otherwise a pass of this epoch is under way (perhaps prefetching): it goes on
         self._epoch, self._position = epoch, 0
         self._pass += 1
         self._start_pass_record()
