@@ -236,8 +236,8 @@ class DynamicBatchSampler(BatchSampler):
         """Move the clock to the start of ``epoch``; an iteration in progress stops.
 
         With a BatchSizeScheduler driving the sampler, the clock is the scheduler's: ``set_epoch`` of
-        the epoch in progress keeps its position (frameworks call it before every pass, a resumed
-        mid-epoch one included), and any other epoch is refused.
+        the epoch in progress changes nothing (frameworks call it before every pass, a resumed
+        mid-epoch one included, and after they have started the pass), and any other epoch is refused.
 
         Raises:
             RuntimeError: a scheduler drives the sampler and ``epoch`` is not the epoch it stands in.
@@ -250,9 +250,12 @@ class DynamicBatchSampler(BatchSampler):
                     f"set_epoch({epoch}) would move the sampler away from its BatchSizeScheduler, which stands at "
                     f"epoch {current}, position {position}; the scheduler's step() moves both clocks (load a "
                     "state_dict into the scheduler to go elsewhere)")
-            self._epoch, self._position = current, position
-        else:
-            self._epoch, self._position = epoch, 0
+            if self._epoch_over() or self._epoch != current:  # the cut pass is over: the epoch starts at training's
+                self._epoch, self._position = current, position
+                self._pass += 1
+                self._start_pass_record()
+            return  # otherwise a pass of this epoch is under way (perhaps prefetching): it goes on
+        self._epoch, self._position = epoch, 0
         self._pass += 1
         self._start_pass_record()
 

@@ -279,6 +279,20 @@ class BatchSizeScheduler(LRScheduler):
             "position": self._position,
         }
 
+    def state_dict_at(self, updates: int) -> dict[str, Any]:
+        """The state after ``updates`` updates in all (at least ``last_epoch``), as if step() had been called up to it.
+
+        For a framework that checkpoints between ``optimizer.step()`` and ``scheduler.step()`` (Lightning's
+        ``on_train_batch_end``): the checkpoint then holds the clock of the update that comes next.
+        """
+        check_int("updates", updates, self.last_epoch)
+        epoch, position = self._epoch, self._position
+        for _ in range(updates - self.last_epoch):
+            position += self.schedule.next_batch_size(epoch, position)
+            if self.schedule.next_batch_size(epoch, position) == 0:
+                epoch, position = epoch + 1, 0
+        return {**self.state_dict(), "last_epoch": updates, "epoch": epoch, "position": position}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` and apply its values to the optimizer at once.
 

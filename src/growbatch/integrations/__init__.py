@@ -1,5 +1,5 @@
-"""Thin adapters that let frameworks train on a growbatch Schedule, each an optional extra.
+"""Thin adapters of the batching layer to training frameworks, each an optional extra.
 
-Import the one you use: ``growbatch.integrations.keras`` (``pip install growbatch[keras]``),
-``growbatch.integrations.huggingface`` (``[huggingface]``), ...
+Import the one you use: ``growbatch.integrations.lightning`` (``pip install growbatch[lightning]``),
+``growbatch.integrations.keras`` (``[keras]``), ``growbatch.integrations.huggingface`` (``[huggingface]``).
 """
