@@ -76,7 +76,8 @@ def train(mode: str, args: argparse.Namespace, data: tuple[np.ndarray, ...]) -> 
     seconds = time.perf_counter() - start
     _, test_accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
     return {"schedule": mode, "updates": int(model.optimizer.iterations), "planned": schedule.plan().total_updates,
-            "batches": sorted({p.batch_size for p in schedule.phases}), "train_accuracy": history.history["accuracy"][-1],
+            "batches": sorted({p.batch_size for p in schedule.phases}),
+            "train_accuracy": history.history["accuracy"][-1],
             "test_accuracy": float(test_accuracy), "train_s": seconds}
 
 

@@ -232,7 +232,7 @@ class ScheduleCallback(keras.callbacks.ProgbarLogger):
             cut += size
 
     def clock_after(self, updates: int) -> tuple[int, int]:
-        """(epoch, position) where the schedule stands after ``updates`` updates (it cuts the same batches every run)."""
+        """(epoch, position) after ``updates`` updates: the schedule cuts the same batches every run."""
         check_int("updates", updates, 0)
         epoch = int(np.searchsorted(self._updates_before, updates, side="right")) - 1
         if epoch >= self.schedule.epochs:
@@ -410,7 +410,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     def __init__(self, backup_dir: str, schedule_callback: ScheduleCallback, **kwargs: Any) -> None:
         super().__init__(backup_dir, **kwargs)
         if not isinstance(schedule_callback, ScheduleCallback):
-            raise TypeError(f"schedule_callback should be a ScheduleCallback, but got {type(schedule_callback).__name__}")
+            raise TypeError("schedule_callback should be a ScheduleCallback, but got "
+                            f"{type(schedule_callback).__name__}")
         self.schedule_callback = schedule_callback
 
     def on_train_begin(self, logs: dict | None = None) -> None:
