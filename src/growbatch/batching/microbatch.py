@@ -6,7 +6,10 @@ Under DDP only the last micro-batch synchronises (``no_sync()`` on the others), 
 
 from __future__ import annotations
 
+import functools
+import itertools
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from .microbatch_size import (
     largest_micro_batch_size,
 )
 from .noise_scale import GradientNoiseScale
+from .structure import batch_length, batch_signature, map_tensors, slice_batch
 
 __all__ = ["MicroBatcher", "StepResult"]
 
@@ -63,6 +67,13 @@ class MicroBatcher:
         grad = 1/W * sum_ranks sum_micro (n_micro * W / B) * grad(mean loss of micro) = 1/B * sum_i grad(loss_i)
 
     The caller zeroes gradients and steps the optimizer; this only accumulates into ``.grad``.
+
+    Inputs and targets may be tensors or any nesting of tuples, lists and dicts of tensors (a
+    Hugging Face ``{"input_ids", "attention_mask", "labels"}`` dict, with ``targets=None``): every
+    tensor is split along its first dimension. The loss must be a mean over the micro-batch: a
+    ``loss_fn`` with ``reduction`` other than ``"mean"`` is refused, and so is a loss that is not a
+    scalar; a ``global_batch_size`` that does not fit this share (each rank holds ``B // W`` or
+    ``B // W + 1`` samples) draws a warning, since it scales the gradient.
 
     Args:
         model: the network, or a wrapper with ``no_sync()`` (``DistributedDataParallel``): then every
@@ -124,6 +135,7 @@ class MicroBatcher:
         for name, value in (("loss_fn", loss_fn), ("loss", loss)):
             if value is not None and not callable(value):
                 raise TypeError(f"{name} should be callable, but got {type(value).__name__}")
+        _check_reduction(loss_fn)
         self.model, self.loss_fn = model, loss_fn
         self.loss: MicroBatchLoss = loss if loss is not None else _outputs_loss(loss_fn)
         self.micro_batch_size, self.memory_budget_bytes = micro_batch_size, memory_budget_bytes
@@ -149,12 +161,13 @@ class MicroBatcher:
         self._restored: dict[tuple, dict] = {}  # searches from load_state_dict, not used yet
         self._synchronising = False  # True during a DDP model's last (all-reducing) micro-batch
 
-    def backward(self, inputs: torch.Tensor, targets: torch.Tensor, *, global_batch_size: int,
+    def backward(self, inputs: Any, targets: Any, *, global_batch_size: int,
                  world_size: int = 1) -> StepResult:
         """Accumulate the gradient of this rank's share of one logical batch into ``.grad``.
 
         Args:
-            inputs, targets: this rank's share of the logical batch (any device; may be empty).
+            inputs, targets: this rank's share of the logical batch (any device; may be empty): tensors,
+                or tuples, lists and dicts of tensors; ``targets`` may be None (labels inside ``inputs``).
             global_batch_size: samples in the logical batch over all ranks.
             world_size: ranks that DDP averages the gradients over.
 
@@ -163,28 +176,30 @@ class MicroBatcher:
 
         Raises:
             ValueError: inputs and targets of different lengths, a global_batch_size smaller than the
-                share, a world_size below 1, a memory budget that cannot fit one sample.
+                share, a world_size below 1, a memory budget that cannot fit one sample, a loss that
+                is not a scalar (a mean).
             torch.OutOfMemoryError: with a fixed size; in "auto" when even the smallest size does not
                 fit, or during a DDP model's synchronising micro-batch (other ranks are in its all-reduce).
         """
-        _check_step_arguments(inputs, targets, global_batch_size, world_size)
-        result = self._backward(inputs, targets, global_batch_size, world_size)
+        length = _check_step_arguments(inputs, targets, global_batch_size, world_size)
+        result = self._backward(inputs, targets, global_batch_size, world_size, length)
         if self.noise_scale is not None:
             self.noise_scale.finish_update(global_batch_size)  # every rank: it sums over ranks
         return result
 
-    def _backward(self, inputs: Any, targets: Any, global_batch_size: int, world_size: int) -> StepResult:
+    def _backward(self, inputs: Any, targets: Any, global_batch_size: int, world_size: int,
+                  length: int) -> StepResult:
         if self.noise_scale is not None:
             self.noise_scale.start_update()
-        if len(inputs) == 0:
+        if length == 0:
             return self._empty_share(inputs, targets)
-        size = self._choose(inputs, targets)
+        size = self._choose(inputs, targets, length)
         if self.micro_batch_size != "auto":
-            return self._accumulate(inputs, targets, size, world_size / global_batch_size)
+            return self._accumulate(inputs, targets, size, world_size / global_batch_size, length)
         while True:
             buffers = _copy_buffers(self.module)
             try:
-                return self._accumulate(inputs, targets, size, world_size / global_batch_size)
+                return self._accumulate(inputs, targets, size, world_size / global_batch_size, length)
             except torch.OutOfMemoryError:
                 smaller = None if self._synchronising else self.size_search(inputs).halve(size)
                 if smaller is None:
@@ -232,33 +247,39 @@ class MicroBatcher:
         """The search behind "auto" for inputs shaped like ``inputs`` (memory limit, estimate); None before one."""
         return self._searches.get(_signature(inputs, self))
 
-    def _accumulate(self, inputs: torch.Tensor, targets: torch.Tensor, size: int,
-                    weight_per_sample: float) -> StepResult:
+    def _accumulate(self, inputs: Any, targets: Any, size: int, weight_per_sample: float,
+                    length: int) -> StepResult:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         sums: dict[str, torch.Tensor] = {}
-        sizes = micro_batch_sizes(len(inputs), size, fold_single_sample=self._folds_single_sample)
-        pieces = list(zip(inputs.split(sizes), targets.split(sizes)))
+        sizes = micro_batch_sizes(length, size, fold_single_sample=self._folds_single_sample)
+        starts = list(itertools.accumulate(sizes, initial=0))
+        pieces = [(slice_batch(inputs, a, b), slice_batch(targets, a, b)) for a, b in zip(starts, starts[1:])]
         for index, (micro_inputs, micro_targets) in enumerate(pieces):
             last = index == len(pieces) - 1
-            micro_inputs = self._prepare(micro_inputs.to(self.device, non_blocking=True))
-            micro_targets = micro_targets.to(self.device, non_blocking=True)
+            samples = sizes[index]
+            micro_inputs = self._prepare(self._to_device(micro_inputs))
+            micro_targets = self._to_device(micro_targets)
             self._synchronising = last and hasattr(self.model, "no_sync")
-            weight = len(micro_inputs) * weight_per_sample
+            weight = samples * weight_per_sample
             if self.noise_scale is not None:
-                self.noise_scale.begin_micro_batch(weight, len(micro_inputs))
+                self.noise_scale.begin_micro_batch(weight, samples)
             with nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync():
                 with self._autocast():
                     loss, micro_sums = self.loss(self.model, micro_inputs, micro_targets)
+                _check_mean_loss(loss)
                 (loss * weight).backward()
             if self.noise_scale is not None:
                 self.noise_scale.end_micro_batch()
-            loss_sum += loss.detach().double() * len(micro_inputs)
+            loss_sum += loss.detach().double() * samples
             for key, value in micro_sums.items():
                 sums[key] = sums[key] + value.detach() if key in sums else value.detach()
         # one device-to-host copy per update, not one per micro-batch
         values = torch.stack([loss_sum, *(v.double() for v in sums.values())]).tolist()
-        return StepResult(loss_sum=values[0], samples=len(inputs), micro_batches=len(pieces),
+        return StepResult(loss_sum=values[0], samples=length, micro_batches=len(pieces),
                           micro_batch_size=max(sizes), sums=dict(zip(sums, values[1:])))
+
+    def _to_device(self, batch: Any) -> Any:
+        return map_tensors(lambda tensor: tensor.to(self.device, non_blocking=True), batch)
 
     # NOTE [empty share]: a rank whose share of the logical batch is empty must still join DDP's
     # all-reduce, or the other ranks wait in it forever. It runs the model on the empty batch and
@@ -266,12 +287,12 @@ class MicroBatcher:
     # as usual, and since the loss weights are n * W / B, the average over ranks is still the whole
     # batch's gradient. Buffers are restored (an empty batch has no statistics). Without DDP there is
     # nothing to synchronise and nothing is computed.
-    def _empty_share(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
+    def _empty_share(self, inputs: Any, targets: Any) -> StepResult:
         if not hasattr(self.model, "no_sync"):
             return StepResult(loss_sum=0.0, samples=0, micro_batches=0, micro_batch_size=0)
         buffers = _copy_buffers(self.module)
         with self._autocast():
-            loss, _ = self.loss(self.model, self._prepare(inputs.to(self.device)), targets.to(self.device))
+            loss, _ = self.loss(self.model, self._prepare(self._to_device(inputs)), self._to_device(targets))
         # the mean over no samples is NaN, but its gradient reaches no parameter: every one gets a zero
         (loss.nan_to_num(0.0) * 0.0).backward()
         _restore_buffers(self.module, buffers)
@@ -280,8 +301,8 @@ class MicroBatcher:
     def _prepare(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.transform(inputs) if self.transform is not None else inputs
 
-    def _choose(self, inputs: torch.Tensor, targets: torch.Tensor) -> int:
-        return self._split_for_noise_scale(self._chosen_size(inputs, targets), len(inputs))
+    def _choose(self, inputs: Any, targets: Any, length: int) -> int:
+        return self._split_for_noise_scale(self._chosen_size(inputs, targets, length), length)
 
     def _split_for_noise_scale(self, size: int, share: int) -> int:
         """With a noise scale, a share that fits one micro-batch is cut in two (rounded up to whole ghost
@@ -293,22 +314,23 @@ class MicroBatcher:
             half = -(-half // self.ghost_batch_size) * self.ghost_batch_size
         return half if half < share else size
 
-    def _chosen_size(self, inputs: torch.Tensor, targets: torch.Tensor) -> int:
+    def _chosen_size(self, inputs: Any, targets: Any, length: int) -> int:
         if self.micro_batch_size != "auto":
-            return min(self.micro_batch_size, len(inputs))
+            return min(self.micro_batch_size, length)
         key = _signature(inputs, self)
         if key not in self._searches:
-            self._searches[key] = self._new_search(inputs, targets)
+            self._searches[key] = self._new_search(inputs, targets, length)
             if key in self._restored:
                 self._searches[key].load_state_dict(self._restored.pop(key))
-        return self._searches[key].choose(len(inputs), lambda size: self._measure(inputs, targets, size))
+        return self._searches[key].choose(length, lambda size: self._measure(inputs, targets, size))
 
-    def _new_search(self, inputs: torch.Tensor, targets: torch.Tensor) -> SizeSearch:
+    def _new_search(self, inputs: Any, targets: Any, length: int) -> SizeSearch:
         step = self.ghost_batch_size or 1
-        sample = min(len(inputs), max(step, FIRST_CANDIDATE))
+        sample = min(length, max(step, FIRST_CANDIDATE))
         with self._unchanged_state():
-            first = self._prepare(inputs[:sample].to(self.device))
-            estimate = estimate_training_memory(self.module, None, first, targets[:sample].to(self.device),
+            first = self._prepare(self._to_device(slice_batch(inputs, 0, sample)))
+            estimate = estimate_training_memory(self.module, None, first,
+                                                self._to_device(slice_batch(targets, 0, sample)),
                                                 self._autocast, loss=self.loss)
         if self.memory_budget_bytes is not None:
             limit = largest_micro_batch_size(estimate, self.memory_budget_bytes)
@@ -320,10 +342,10 @@ class MicroBatcher:
             check_ghost_batch_size(self.ghost_batch_size, limit)  # the budget must fit one ghost batch
         return SizeSearch(step, limit, estimate)
 
-    def _measure(self, inputs: torch.Tensor, targets: torch.Tensor, size: int) -> float | None:
+    def _measure(self, inputs: Any, targets: Any, size: int) -> float | None:
         """Samples/s of forward + backward at ``size`` (the fastest of TIMED_STEPS), None if out of memory."""
-        micro_inputs = self._prepare(inputs[:size].to(self.device))
-        micro_targets = targets[:size].to(self.device)
+        micro_inputs = self._prepare(self._to_device(slice_batch(inputs, 0, size)))
+        micro_targets = self._to_device(slice_batch(targets, 0, size))
         parameters = [p for p in self.module.parameters() if p.requires_grad]
         seconds = []
         try:
@@ -385,8 +407,10 @@ def micro_batch_sizes(share: int, micro_batch_size: int, *, fold_single_sample: 
     return sizes
 
 
-def _signature(inputs: torch.Tensor, batcher: MicroBatcher) -> tuple:
-    return tuple(inputs.shape[1:]), inputs.dtype, batcher.device, batcher.autocast_dtype
+def _signature(inputs: Any, batcher: MicroBatcher) -> tuple:
+    if isinstance(inputs, torch.Tensor):  # the form state_dict() has always saved
+        return tuple(inputs.shape[1:]), inputs.dtype, batcher.device, batcher.autocast_dtype
+    return batch_signature(inputs), None, batcher.device, batcher.autocast_dtype
 
 
 def _outputs_loss(loss_fn: LossFunction) -> MicroBatchLoss:
@@ -398,6 +422,9 @@ def _outputs_loss(loss_fn: LossFunction) -> MicroBatchLoss:
 
 
 def _hits(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if not isinstance(outputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        device = outputs.device if isinstance(outputs, torch.Tensor) else None
+        return torch.zeros((), dtype=torch.int64, device=device)
     if outputs.ndim == 2 and targets.ndim == 1 and not targets.is_floating_point():
         return (outputs.argmax(1) == targets).sum()
     if outputs.ndim == 2 and targets.shape == outputs.shape:  # class probabilities (soft labels)
@@ -444,12 +471,42 @@ def _check_memory_budget(memory_budget_bytes: object, micro_batch_size: int | st
                          f"micro_batch_size={micro_batch_size}; drop memory_budget_bytes or use 'auto'")
 
 
-def _check_step_arguments(inputs: torch.Tensor, targets: torch.Tensor, global_batch_size: int, world_size: int) -> None:
-    if len(inputs) != len(targets):
-        raise ValueError(f"inputs and targets should have the same length, but got {len(inputs)} inputs and "
-                         f"{len(targets)} targets")
+def _check_reduction(loss_fn: Any) -> None:
+    """Refuse a loss_fn that says it does not average: an ``nn.*Loss`` or a partial with reduction != "mean"."""
+    reduction = getattr(loss_fn, "reduction", None)
+    if isinstance(loss_fn, functools.partial):
+        reduction = loss_fn.keywords.get("reduction", reduction)
+    if reduction is not None and reduction != "mean":
+        raise ValueError(f"loss_fn should average over the micro-batch (reduction='mean'), but got "
+                         f"reduction={reduction!r}; the micro-batch weights n/B assume a mean, so a sum would "
+                         "scale the gradient by the micro-batch size")
+
+
+def _check_mean_loss(loss: Any) -> None:
+    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"the loss should be the mean over the micro-batch, a 0-dimensional tensor, but got "
+                         f"{shape}; use reduction='mean'")
+
+
+def _check_step_arguments(inputs: Any, targets: Any, global_batch_size: int, world_size: int) -> int:
+    """Check one backward's arguments and return the share's length (samples)."""
+    length = batch_length(inputs, "inputs")
+    if length is None:
+        raise TypeError(f"inputs should be a tensor or a tuple, list or dict of tensors, but got {type(inputs).__name__}")
+    target_length = batch_length(targets, "targets")
+    if target_length is not None and target_length != length:
+        raise ValueError(f"inputs and targets should have the same length, but got {length} inputs and "
+                         f"{target_length} targets")
     if not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size should be a positive integer, but got world_size={world_size!r}")
-    if not isinstance(global_batch_size, int) or global_batch_size < max(len(inputs), 1):
+    if not isinstance(global_batch_size, int) or global_batch_size < max(length, 1):
         raise ValueError(f"global_batch_size should be the logical batch over all ranks, at least this rank's "
-                         f"share ({len(inputs)} samples) and positive, but got global_batch_size={global_batch_size!r}")
+                         f"share ({length} samples) and positive, but got global_batch_size={global_batch_size!r}")
+    smallest, largest = global_batch_size // world_size, -(-global_batch_size // world_size)
+    if not smallest <= length <= largest:
+        warnings.warn(f"global_batch_size={global_batch_size} over world_size={world_size} gives shares of "
+                      f"{smallest} to {largest} samples, but this share has {length}: the gradient is scaled by "
+                      f"{length * world_size}/{global_batch_size}; pass the size of the logical batch this share "
+                      "belongs to", UserWarning, stacklevel=3)
+    return length

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .structure import batch_length, map_tensors
+
 __all__ = ["MEMORY_FRACTION", "MemoryEstimate", "SizeSearch", "available_memory_bytes", "estimate_training_memory",
            "largest_micro_batch_size"]
 
@@ -93,7 +95,7 @@ def estimate_training_memory(model: nn.Module, loss_fn: Callable[[torch.Tensor, 
         bytes per sample (saved tensors / batch size, rounded up, with the margin) and fixed bytes.
     """
     # copies: a slice of a larger batch would count that batch's whole storage
-    inputs, targets = inputs.clone(), targets.clone()
+    inputs, targets = map_tensors(torch.clone, inputs), map_tensors(torch.clone, targets)
     parameters = [p for p in model.parameters() if p.requires_grad]
     resident = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
@@ -109,7 +111,7 @@ def estimate_training_memory(model: nn.Module, loss_fn: Callable[[torch.Tensor, 
             loss(model, inputs, targets)
         else:
             loss_fn(model(inputs), targets)
-    per_sample = math.ceil(sum(saved.values()) * SAVED_TENSOR_MARGIN / max(len(inputs), 1))
+    per_sample = math.ceil(sum(saved.values()) * SAVED_TENSOR_MARGIN / max(batch_length(inputs) or 1, 1))
     fixed = STATE_COPIES * sum(p.numel() * p.element_size() for p in parameters)
     return MemoryEstimate(per_sample_bytes=max(per_sample, 1), fixed_bytes=fixed)
 

@@ -7,16 +7,19 @@ ranks, and resumable mid-epoch; a ``DataLoader`` never has to be re-created at a
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import Sampler
+import torch.distributed as dist
+from torch.utils.data import BatchSampler
 
 from ..checks import check_batch_size, check_dataset_size, check_int, check_state_dict
 from ..schedule.schedule import Phase, Schedule
 
-__all__ = ["DynamicBatchSampler", "SAMPLER_VERSION", "as_schedule", "check_cut_position", "derive_seed", "rank_share"]
+__all__ = ["DynamicBatchSampler", "SAMPLER_VERSION", "as_schedule", "check_cut_position", "derive_seed", "rank_share",
+           "dataset_length"]
 
 SAMPLER_VERSION = 1
 _MASK64 = (1 << 64) - 1
@@ -65,6 +68,24 @@ def check_cut_position(schedule: Schedule, epoch: int, position: int) -> None:
 
 
 
+def dataset_length(dataset_or_size: Any) -> int:
+    """N from a data set (``len``) or from N itself."""
+    if isinstance(dataset_or_size, int) and not isinstance(dataset_or_size, bool):
+        return check_dataset_size(dataset_or_size)
+    if not hasattr(dataset_or_size, "__len__"):
+        raise TypeError("dataset should be a data set with a length or its number of samples (an int), but got "
+                        f"{type(dataset_or_size).__name__}; an IterableDataset has no indices to sample")
+    return check_dataset_size(len(dataset_or_size), "len(dataset)")
+
+
+def distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """rank and world_size as given, else from the initialised default process group (as DistributedSampler)."""
+    initialised = dist.is_available() and dist.is_initialized()
+    if world_size is None:
+        world_size = dist.get_world_size() if initialised else 1
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    return rank, world_size
 
 
 def as_schedule(dataset_size: int, schedule_or_batch_size: Schedule | int, drop_last: bool | None) -> Schedule:
@@ -112,11 +133,23 @@ class _Cut(NamedTuple):
 
 # NOTE [prefetch]: a DataLoader pulls batches from its batch_sampler ahead of training
 # (num_workers * prefetch_factor of them), so `position` counts samples *cut*, not consumed.
-# state_dict(batches_consumed=k) returns the state after the first k batches of the current pass
-# instead: the count a loop gets from `enumerate(loader)`. TensorLoader does not prefetch.
+# The *consumed* clock is moved by the BatchSizeScheduler built on this sampler: each of its
+# step() calls (one per update) marks one batch as used, and its load_state_dict() moves the
+# clock too. Once a scheduler drives the sampler ("tracked"), state_dict() saves the consumed
+# clock, len() counts from it, and every new pass (iter) starts there: batches a dropped
+# iterator prefetched (a framework's peek, an epoch left early) are cut again, never lost.
+# Without a scheduler nothing tells the sampler what was used: the consumed clock is the cut
+# clock, exact without prefetch (TensorLoader, num_workers=0); state_dict(batches_consumed=k)
+# then gives the state after the first k batches of the current pass.
+
+# NOTE [misuse]: two mistakes a DataLoader makes in silence are caught when it starts a pass
+# (the frame that calls iter() on the sampler): `DataLoader(sampler=DynamicBatchSampler(...),
+# batch_size=b)` wraps it in torch's BatchSampler and would collate lists of index lists, and a
+# data set whose length is not the sampler's N would fail in a worker (longer N) or train on a
+# subset (shorter N).
 
 
-class DynamicBatchSampler(Sampler[list[int]]):
+class DynamicBatchSampler(BatchSampler):
     """Yields each rank's share of global batches whose size follows a Schedule on the sample clock.
 
     Every epoch is a permutation drawn from (seed, epoch) (identical on all ranks), cut into
@@ -136,13 +169,19 @@ class DynamicBatchSampler(Sampler[list[int]]):
             ...
             state = sampler.state_dict(batches_consumed=i + 1)
 
+    A ``torch.utils.data.BatchSampler``: pass it as ``DataLoader(dataset, batch_sampler=sampler)``.
+    The consumed position is moved by the :class:`BatchSizeScheduler` built on it (NOTE [prefetch]),
+    so with a scheduler every pass starts where training stands, and ``state_dict()`` is exact
+    under worker prefetch without counting batches.
+
     Args:
-        dataset_size: N, the number of samples.
+        dataset: the data set (N = ``len(dataset)``) or N, its number of samples.
         schedule_or_batch_size: a :class:`Schedule` for N samples, or a fixed global batch size.
         shuffle: a new permutation each epoch; False keeps the order 0..N-1.
         seed: non-negative; with the epoch it fixes the permutation.
         drop_last: None follows the schedule (False for an int); a bool overrides it.
-        rank, world_size: this process and the number of processes.
+        rank, world_size: this process and the number of processes; None takes them from the
+            initialised ``torch.distributed`` process group (0 and 1 without one).
 
     Example:
         >>> s = Schedule((Phase(0, 1.5, 0.1, 400), Phase(1.5, 3, 0.1, 800)), dataset_size=1000)
@@ -153,16 +192,17 @@ class DynamicBatchSampler(Sampler[list[int]]):
 
     def __init__(
         self,
-        dataset_size: int,
+        dataset: Any,
         schedule_or_batch_size: Schedule | int,
         *,
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool | None = None,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
-        self.schedule = as_schedule(dataset_size, schedule_or_batch_size, drop_last)
+        rank, world_size = distributed_defaults(rank, world_size)
+        self.schedule = as_schedule(dataset_length(dataset), schedule_or_batch_size, drop_last)
         self.dataset_size = self.schedule.dataset_size
         if not isinstance(shuffle, bool):
             raise TypeError(f"shuffle should be True or False, but got shuffle={shuffle!r}")
@@ -178,6 +218,8 @@ class DynamicBatchSampler(Sampler[list[int]]):
         self._perm_epoch: int | None = None
         self._perm = torch.empty(0, dtype=torch.long)
         self._pass = 0  # bumped by a new pass, set_epoch and load_state_dict; older iterators stop
+        self._tracked = False  # True once a BatchSizeScheduler moves the consumed clock (NOTE [prefetch])
+        self._consumed = (0, 0, 0)  # (epoch, position, last global batch size) used by training
         self._start_pass_record()
 
     # -- the clock -----------------------------------------------------------------
@@ -191,40 +233,114 @@ class DynamicBatchSampler(Sampler[list[int]]):
                                        "Global size of the batch cut most recently (0 before the first one).")
 
     def set_epoch(self, epoch: int) -> None:
-        """Move the clock to the start of ``epoch``; an iteration in progress stops."""
-        self._epoch = check_int("epoch", epoch, 0)
-        self._position = 0
+        """Move the clock to the start of ``epoch``; an iteration in progress stops.
+
+        With a BatchSizeScheduler driving the sampler, the clock is the scheduler's: ``set_epoch`` of
+        the epoch in progress changes nothing (frameworks call it before every pass, a resumed
+        mid-epoch one included, and after they have started the pass), and any other epoch is refused.
+
+        Raises:
+            RuntimeError: a scheduler drives the sampler and ``epoch`` is not the epoch it stands in.
+        """
+        check_int("epoch", epoch, 0)
+        if self._tracked:
+            current, position = self._consumed_clock()
+            if epoch != current:
+                raise RuntimeError(
+                    f"set_epoch({epoch}) would move the sampler away from its BatchSizeScheduler, which stands at "
+                    f"epoch {current}, position {position}; the scheduler's step() moves both clocks (load a "
+                    "state_dict into the scheduler to go elsewhere)")
+            if self._epoch_over() or self._epoch != current:  # the cut pass is over: the epoch starts at training's
+                self._epoch, self._position = current, position
+                self._pass += 1
+                self._start_pass_record()
+            return  # otherwise a pass of this epoch is under way (perhaps prefetching): it goes on
+        self._epoch, self._position = epoch, 0
         self._pass += 1
         self._start_pass_record()
 
+    # -- the consumed clock (NOTE [prefetch]) --------------------------------------
+    def _consumed_clock(self) -> tuple[int, int]:
+        """(epoch, position) of the next batch training will use, moved to the next epoch at an epoch's end."""
+        epoch, position, _ = self._consumed if self._tracked else (self._epoch, self._position, 0)
+        if self.schedule.next_batch_size(epoch, position) == 0:
+            return epoch + 1, 0
+        return epoch, position
+
+    def consume(self) -> int:
+        """Mark the next batch as used by training (BatchSizeScheduler.step() calls it); returns its global size."""
+        if not self._tracked:
+            self._tracked = True
+            self._consumed = (self._pass_epoch, self._pass_position, self._pass_last_size)
+        epoch, position = self._consumed_clock()
+        size = self.schedule.next_batch_size(epoch, position)
+        self._consumed = (epoch, position + size, size)
+        return size
+
+    def follow(self, epoch: int, position: int) -> None:
+        """Set the consumed clock (BatchSizeScheduler's load_state_dict and construction call it); older iterators stop."""
+        check_cut_position(self.schedule, epoch, position)
+        last = self._consumed[2] if self._tracked else self._last_global_batch_size
+        self._tracked = True
+        self._consumed = (epoch, position, last)
+        if (self._epoch, self._position) != (epoch, position):
+            self._epoch, self._position = epoch, position
+            self._pass += 1
+            self._start_pass_record()
+
     def set_schedule(self, schedule: Schedule) -> None:
         """Cut the coming batches by ``schedule``, which must agree with the old one on what was cut so far
-        (an adaptive run's batch changes at an epoch's end)."""
-        started = self._epoch + (1 if self._position > 0 else 0)
+        (an adaptive run's batch changes at an epoch's end). With a scheduler driving the sampler, what was
+        cut is what training used (NOTE [prefetch]): batches cut beyond it are dropped and cut again."""
+        epoch, position = (self._consumed[0], self._consumed[1]) if self._tracked else (self._epoch, self._position)
+        started = epoch + (1 if position > 0 else 0)
         self.schedule.check_continues(schedule, started)
         self.schedule = schedule
+        if self._tracked:  # no batch of the old size after the change: older iterators stop
+            self._pass += 1
 
     def _epoch_over(self) -> bool:
         return self.schedule.next_batch_size(self._epoch, self._position) == 0
 
     def _start_pass_record(self) -> None:
+        self._pass_epoch = self._epoch
         self._pass_position = self._position
         self._pass_last_size = self._last_global_batch_size
         self._pass_batches = 0
 
     def __len__(self) -> int:
         """Batches a pass started now yields: the rest of the current epoch, or all of the next once it is over."""
+        if self._tracked:
+            return len(self.schedule.batch_sizes(*self._consumed_clock()))
         if self._epoch_over():
             return len(self.schedule.batch_sizes(self._epoch + 1))
         return len(self.schedule.batch_sizes(self._epoch, self._position))
 
     # -- iteration -----------------------------------------------------------------
     def __iter__(self) -> Iterator[list[int]]:
+        self._check_caller(sys._getframe(1))
         return (cut.indices.tolist() for cut in self._cuts())
 
+    def _check_caller(self, frame: Any) -> None:
+        """NOTE [misuse]: refuse a DataLoader that wraps the sampler in a BatchSampler, or whose data set has another N."""
+        caller = frame.f_locals.get("self") if frame is not None else None
+        if isinstance(caller, BatchSampler) and caller is not self and getattr(caller, "sampler", None) is self:
+            raise TypeError(
+                f"a DynamicBatchSampler cuts whole batches, but it is the sampler of a {type(caller).__name__} "
+                f"with batch_size={caller.batch_size}, which would batch its batches; pass it as "
+                "DataLoader(dataset, batch_sampler=sampler) without batch_size, shuffle or drop_last")
+        dataset = getattr(caller, "_dataset", None)
+        if getattr(caller, "_index_sampler", None) is self and hasattr(dataset, "__len__") \
+                and len(dataset) != self.dataset_size:
+            raise ValueError(
+                f"the DataLoader's data set has {len(dataset)} samples, but the DynamicBatchSampler was built for "
+                f"dataset_size={self.dataset_size}; build it with DynamicBatchSampler(dataset, ...) for this data set")
+
     def _cuts(self) -> Iterator[_Cut]:
-        """Start a pass (see NOTE [epoch end]) and return the generator of its cuts."""
-        if self._epoch_over():
+        """Start a pass (see NOTE [epoch end]) at the consumed clock and return the generator of its cuts."""
+        if self._tracked:  # batches an older pass cut beyond what training used are cut again
+            (self._epoch, self._position), self._last_global_batch_size = self._consumed_clock(), self._consumed[2]
+        elif self._epoch_over():
             self._epoch += 1
             self._position = 0
         self._pass += 1
@@ -268,7 +384,8 @@ class DynamicBatchSampler(Sampler[list[int]]):
         Raises:
             ValueError: ``batches_consumed`` is negative or more than this pass has cut.
         """
-        epoch, position, last = self._epoch, self._position, self._last_global_batch_size
+        epoch, position, last = self._consumed if self._tracked else \
+            (self._epoch, self._position, self._last_global_batch_size)
         if batches_consumed is not None:
             check_int("batches_consumed", batches_consumed, 0)
             if batches_consumed > self._pass_batches:
@@ -276,7 +393,7 @@ class DynamicBatchSampler(Sampler[list[int]]):
                     f"batches_consumed should be at most the {self._pass_batches} batches this pass has cut, "
                     f"but got batches_consumed={batches_consumed}; count batches since the current `for` loop began"
                 )
-            position, last = self._pass_position, self._pass_last_size
+            epoch, position, last = self._pass_epoch, self._pass_position, self._pass_last_size
             for _ in range(batches_consumed):
                 last = self.schedule.next_batch_size(epoch, position)
                 position += last
@@ -308,6 +425,7 @@ class DynamicBatchSampler(Sampler[list[int]]):
         check_cut_position(self.schedule, epoch, position)
         self.seed, self.shuffle = seed, state["shuffle"]
         self._epoch, self._position, self._last_global_batch_size = epoch, position, last
+        self._consumed = (epoch, position, last)
         self._perm_epoch = None
         self._pass += 1
         self._start_pass_record()

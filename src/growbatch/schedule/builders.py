@@ -117,7 +117,7 @@ def step_schedule(
     milestones: Sequence[float],
     factor: float,
     dataset_size: int,
-    momentum: float = 0.0,
+    momentum: float | None = None,
     max_batch_size: int | None = None,
     drop_last: bool = False,
     batch_increases: int = 1,
@@ -166,7 +166,7 @@ def step_schedule(
         raise ValueError(f"exact=True keeps the exact g = lr/(1-m)*(N/B-1), which is the linear rule's; "
                          f"rule={rule!r} cannot be combined with it")
     lr = check_lr(lr)
-    momentum = check_momentum(momentum)
+    momentum = None if momentum is None else check_momentum(momentum)
     n = check_dataset_size(dataset_size)
     epochs = check_count("epochs", epochs)
     check_batch_size(batch_size, n)
@@ -206,7 +206,7 @@ def from_lr_function(
     batch_size: int,
     epochs: int,
     dataset_size: int,
-    momentum: float = 0.0,
+    momentum: float | None = None,
     max_batch_size: int | None = None,
     batch_size_multiple: int = 1,
     points_per_epoch: int = 1,
@@ -221,11 +221,13 @@ def from_lr_function(
     Past ``max_batch_size`` the batch stops and the lr falls instead. Batches are rounded to
     a multiple of ``batch_size_multiple``; the noise error that causes is returned.
     The lr function is sampled at ``points_per_epoch`` points per epoch, held between them.
+    ``momentum`` None (the default) leaves the optimizer's momentum or beta1 as it was built
+    (NOTE [optimizer values] in schedule.py); a number is written into the optimizer every update.
     """
     n = check_dataset_size(dataset_size)
     epochs = check_count("epochs", epochs)
     check_batch_size(batch_size, n)
-    momentum = check_momentum(momentum)
+    momentum = None if momentum is None else check_momentum(momentum)
     cap = _check_cap(max_batch_size, batch_size, n)
     for arg, value in (("batch_size_multiple", batch_size_multiple), ("points_per_epoch", points_per_epoch)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -270,7 +272,7 @@ def from_lr_function(
     return Conversion(Schedule(_phases_of(rows, epochs, momentum), n, drop_last, name), worst)
 
 
-def _phases_of(rows: list[tuple[float, float, int]], epochs: int, momentum: float) -> tuple[Phase, ...]:
+def _phases_of(rows: list[tuple[float, float, int]], epochs: int, momentum: float | None) -> tuple[Phase, ...]:
     """Phases from ``(start epoch, lr, batch)`` rows: each row lasts until the next; equal neighbours merge."""
     phases: list[Phase] = []
     for i, (t, new_lr, new_batch) in enumerate(rows):

@@ -108,7 +108,7 @@ def format_plan_table(plan: Plan, max_noise_error: float | None = None) -> str:
     title = f"{plan.name}: N = {plan.dataset_size:,} samples, {plan.epochs} epochs, last partial batch {last_batch}"
     headers = ("start epoch", "end epoch", "lr", "momentum", "batch size", "noise scale g", "updates", "samples")
     rows = [
-        (f"{p.start_epoch:g}", f"{p.end_epoch:g}", f"{p.lr:.4g}", f"{p.momentum:g}", f"{p.batch_size:,}",
+        (f"{p.start_epoch:g}", f"{p.end_epoch:g}", f"{p.lr:.4g}", ("optimizer's" if p.momentum is None else f"{p.momentum:g}"), f"{p.batch_size:,}",
          _number(p.noise_scale), f"{p.updates:,}", f"{p.samples:,}")
         for p in plan.phases
     ]

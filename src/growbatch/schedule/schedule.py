@@ -33,7 +33,8 @@ class Phase:
     end_epoch: float
     lr: float  # learning rate, per update (the optimizer's lr)
     batch_size: int  # global logical batch
-    momentum: float = 0.0  # SGD momentum, or Adam's beta1
+    # SGD momentum, or Adam's beta1; None leaves the optimizer's own (NOTE [optimizer values])
+    momentum: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("start_epoch", "end_epoch", "lr"):
@@ -48,15 +49,22 @@ class Phase:
         if self.lr < 0:
             raise ValueError(f"Phase.lr should be non-negative, but got lr={self.lr:g}")
         check_batch_size(self.batch_size)
-        check_momentum(self.momentum)
+        if self.momentum is not None:
+            check_momentum(self.momentum)
 
     def noise_scale(self, dataset_size: int) -> float:
-        """Exact noise scale g = lr/(1-m) * (N/B - 1) of this phase."""
-        return self.lr / (1.0 - self.momentum) * (dataset_size / self.batch_size - 1.0)
+        """Exact noise scale g = lr/(1-m) * (N/B - 1) of this phase (momentum None counts as m = 0)."""
+        return self.lr / (1.0 - (self.momentum or 0.0)) * (dataset_size / self.batch_size - 1.0)
 
     def noise_scale_approx(self, dataset_size: int) -> float:
-        """Approximate noise scale lr*N / (B*(1-m)), exact only for B << N."""
-        return self.lr / (1.0 - self.momentum) * dataset_size / self.batch_size
+        """Approximate noise scale lr*N / (B*(1-m)), exact only for B << N (momentum None counts as m = 0)."""
+        return self.lr / (1.0 - (self.momentum or 0.0)) * dataset_size / self.batch_size
+
+
+# NOTE [optimizer values]: a schedule sets what it states. The lr is always stated (it is half of the
+# noise scale); the momentum may be None in every phase, and then BatchSizeScheduler leaves the
+# optimizer's momentum or Adam's beta1 as the optimizer was built. A stated value that differs from
+# the optimizer's own at construction is applied with a warning, never in silence.
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,7 @@ class PhasePlan:
     start_epoch: float
     end_epoch: float
     lr: float
-    momentum: float
+    momentum: float | None  # None: the optimizer's own
     batch_size: int
     noise_scale: float
     updates: int
@@ -145,6 +153,10 @@ class Schedule:
             raise ValueError(f"a schedule should end on a whole epoch, but ends at epoch {end}")
         for p in self.phases:
             check_batch_size(p.batch_size, self.dataset_size)
+        stated = {p.momentum is None for p in self.phases}
+        if len(stated) > 1:
+            raise ValueError("momentum should be given in every phase or in none (None: the optimizer's own), "
+                             f"but got momenta {[p.momentum for p in self.phases]}")
         object.__setattr__(self, "_start_clocks", tuple(self._clock_of(p.start_epoch) for p in self.phases))
         object.__setattr__(self, "_start_epochs", tuple(p.start_epoch for p in self.phases))
 

@@ -95,11 +95,13 @@ def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimize
         return torch.optim.AdamW(model.parameters(), lr=first.lr, betas=(first.momentum, 0.95),
                                  weight_decay=weight_decay, fused=True)
     if config.optimizer == "adam":
-        # NOTE [adam-momentum]: the schedule's momentum is Adam's beta1, as in the paper's §5.1 Adam runs.
-        return torch.optim.Adam(model.parameters(), lr=first.lr, betas=(first.momentum, 0.999),
-                                weight_decay=weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=first.lr, momentum=first.momentum,
-                           nesterov=config.optimizer == "nesterov" and first.momentum > 0, weight_decay=weight_decay)
+        # NOTE [adam-momentum]: the schedule's momentum is Adam's beta1, as in the paper's §5.1 Adam runs;
+        # a schedule without momentum (None) keeps torch's default beta1
+        beta1 = 0.9 if first.momentum is None else first.momentum
+        return torch.optim.Adam(model.parameters(), lr=first.lr, betas=(beta1, 0.999), weight_decay=weight_decay)
+    momentum = first.momentum or 0.0  # None: torch's default, no momentum
+    return torch.optim.SGD(model.parameters(), lr=first.lr, momentum=momentum,
+                           nesterov=config.optimizer == "nesterov" and momentum > 0, weight_decay=weight_decay)
 
 
 class Trainer:
