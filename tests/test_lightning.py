@@ -102,7 +102,6 @@ def test_lightning_trains_the_planned_updates_and_samples(tmp_path, num_workers)
     assert model.growbatch.lr_scheduler(trainer.optimizers[0]).last_epoch == PLANNED_UPDATES
 
 
-@pytest.mark.slow  # seven fits, about a minute on 2 shared cores
 def test_lightning_resumed_from_its_checkpoints_ends_as_an_uninterrupted_run(tmp_path):
     _, reference = fit(tmp_path / "whole")
     final = [p.detach().clone() for p in reference.parameters()]
