@@ -102,7 +102,6 @@ def test_lightning_trains_the_planned_updates_and_samples(tmp_path, num_workers)
     assert model.growbatch.lr_scheduler(trainer.optimizers[0]).last_epoch == PLANNED_UPDATES
 
 
-@pytest.mark.slow  # seven fits, about a minute on 2 shared cores
 def test_lightning_resumed_from_its_checkpoints_ends_as_an_uninterrupted_run(tmp_path):
     _, reference = fit(tmp_path / "whole")
     final = [p.detach().clone() for p in reference.parameters()]
@@ -141,3 +140,28 @@ def test_lightning_example_in_the_docs_runs(tmp_path, monkeypatch):
     namespace: dict = {"__name__": "__main__"}
     exec(compile(code, "docs/lightning.md", "exec"), namespace)  # noqa: S102 - our own documentation
     assert namespace["trainer"].global_step == namespace["schedule"].plan().total_updates
+
+
+class RecordPerRank(pl.Callback):
+    """Each rank writes its update count and batch sizes (ddp_spawn returns only rank 0's model)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save((trainer.global_step, pl_module.batch_sizes), self.directory / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow  # two processes through Lightning's launcher
+def test_lightning_ddp_two_processes_split_every_global_batch(tmp_path):
+    growbatch = GrowBatch(SCHEDULE, seed=0)
+    trainer = pl.Trainer(max_epochs=SCHEDULE.epochs, accelerator="cpu", devices=2, strategy="ddp_spawn",
+                         use_distributed_sampler=False, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+                         callbacks=[growbatch, RecordPerRank(tmp_path)])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*(does not have many workers|num_workers).*")
+        trainer.fit(Classifier(growbatch))
+    (steps0, sizes0), (steps1, sizes1) = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert steps0 == steps1 == PLANNED_UPDATES
+    assert [a + b for a, b in zip(sizes0, sizes1)] == expected_batch_sizes()  # each global batch, split in two

@@ -6,6 +6,7 @@ The callback owns the sampler and the BatchSizeScheduler; the module hands its o
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -81,6 +82,7 @@ class GrowBatch(pl.Callback):
         self.schedule, self.seed, self.shuffle = schedule, check_int("seed", seed, 0), shuffle
         self._sampler: DynamicBatchSampler | None = None
         self._scheduler: BatchSizeScheduler | None = None
+        self._warned_uneven = False
 
     # -- the pieces a LightningModule uses -------------------------------------------------
     @property
@@ -167,6 +169,13 @@ class GrowBatch(pl.Callback):
         scheduler = self._scheduler
         start, stop = rank_share(scheduler.get_last_batch_size(), self.sampler.rank, self.sampler.world_size)
         length = batch_length(batch)
+        global_batch_size, world_size = scheduler.get_last_batch_size(), self.sampler.world_size
+        if global_batch_size % world_size and not self._warned_uneven:
+            self._warned_uneven = True
+            warnings.warn(f"the global batch of {global_batch_size} splits unevenly over {world_size} ranks, and DDP "
+                          "averages the ranks' mean losses, so its samples are weighted unequally; scale each "
+                          f"rank's mean loss by len(share) * {world_size} / global batch (MicroBatcher does) or use "
+                          "batch sizes divisible by the world size (and drop_last)", UserWarning, stacklevel=2)
         if length != stop - start or scheduler.epoch != trainer.current_epoch:
             raise RuntimeError(
                 f"the batch has {length} samples in epoch {trainer.current_epoch}, but the schedule's update "
