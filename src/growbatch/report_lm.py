@@ -84,6 +84,11 @@ def _curve_figure(runs: list[dict], x_key: str, xlabel: str, path: Path) -> None
     ax.set_ylabel("validation loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    """Write a figure as the report's other figures are written, and free it."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -108,9 +113,7 @@ def _schedule_figure(runs: list[dict], path: Path) -> None:
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
     top.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _noise_figure(runs: list[dict], path: Path) -> bool:
@@ -143,9 +146,7 @@ def _wall_figure(rows: list[dict], path: Path) -> None:
     ax.barh([r["schedule"] for r in rows], [r["wall_s"] for r in rows])
     ax.set_xlabel("wall time (s)")
     ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def summary_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:

@@ -17,7 +17,7 @@ from ..schedule.schedule import Schedule
 from .allocator import keep_freed_memory
 from .sampler import DynamicBatchSampler, derive_seed
 
-__all__ = ["TensorLoader"]
+__all__ = ["SamplerLoader", "TensorLoader"]
 
 _AUGMENT_SALT = 0x41756721  # keeps augmentation seeds apart from permutation seeds
 WINDOW_TABLE_BYTES = 64 * 2**20  # largest table of crop windows kept (NOTE [windows])
@@ -52,7 +52,40 @@ def _sampler_property(name: str, doc: str) -> property:
     return property(lambda self: getattr(self.sampler, name), doc=doc)
 
 
-class TensorLoader:
+class SamplerLoader:
+    """A loader whose batches a DynamicBatchSampler (``self.sampler``) cuts: its clock, length and state are the
+    sampler's, so a BatchSizeScheduler steps it and a checkpoint holds its exact position."""
+
+    sampler: DynamicBatchSampler
+
+    @property
+    def batch_sampler(self) -> DynamicBatchSampler:
+        """The sampler that cuts the batches, as ``DataLoader.batch_sampler`` (a BatchSizeScheduler steps it)."""
+        return self.sampler
+
+    dataset_size = _sampler_property("dataset_size", "Samples in the data set (all ranks).")
+    seed = _sampler_property("seed", "The shuffling seed.")
+    epoch = _sampler_property("epoch", "The epoch on the sampler's clock (0-based).")
+    position = _sampler_property("position", "Samples of the current epoch already cut into batches.")
+    last_global_batch_size = _sampler_property(
+        "last_global_batch_size", "Global size of the batch yielded last (this rank's share may be smaller).")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's state; exact, since nothing is prefetched."""
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+
+
+
+class TensorLoader(SamplerLoader):
     """Yields ``(inputs, targets)`` of this rank's share of each batch, from tensors held on ``device``.
 
     Per batch: gather by index; random crop with zero padding of ``crop_padding`` pixels (as
@@ -146,32 +179,6 @@ class TensorLoader:
         self._windows = None
         if 2 * positions ** 2 * height * width * 8 <= WINDOW_TABLE_BYTES:
             self._windows = (self._grids[:, None, :] + self._corners[None, :, None]).flatten(0, 1)
-
-    # -- the sampler's clock and state ---------------------------------------------
-    @property
-    def batch_sampler(self) -> DynamicBatchSampler:
-        """The sampler that cuts the batches, as ``DataLoader.batch_sampler`` (a BatchSizeScheduler steps it)."""
-        return self.sampler
-
-    dataset_size = _sampler_property("dataset_size", "Samples in the data set (all ranks).")
-    seed = _sampler_property("seed", "The shuffling seed.")
-    epoch = _sampler_property("epoch", "The epoch on the sampler's clock (0-based).")
-    position = _sampler_property("position", "Samples of the current epoch already cut into batches.")
-    last_global_batch_size = _sampler_property(
-        "last_global_batch_size", "Global size of the batch yielded last (this rank's share may be smaller).")
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The sampler's state; exact, since nothing is prefetched."""
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state)
 
     # -- batches -------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

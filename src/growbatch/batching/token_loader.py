@@ -9,12 +9,12 @@ stream past its end), shuffled within the interval, so a run of E epochs reads E
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 
 from ..checks import check_positive_int
 from ..schedule.schedule import Schedule
+from .loader import SamplerLoader
 from .sampler import DynamicBatchSampler
 
 __all__ = ["TokenLoader", "sequence_count"]
@@ -25,7 +25,7 @@ def sequence_count(stream_tokens: int, seq_len: int) -> int:
     return max(0, (stream_tokens - 1) // seq_len)
 
 
-class TokenLoader:
+class TokenLoader(SamplerLoader):
     """Yields ``(inputs, targets)`` of this rank's share of each batch: int64 ``b x seq_len`` token windows.
 
     Args:
@@ -59,20 +59,6 @@ class TokenLoader:
         self.device = torch.device(device) if device is not None else stream.device
         self.stream = stream.to(self.device)
         self._offsets = torch.arange(self.seq_len + 1, device=self.device)
-
-    @property
-    def batch_sampler(self) -> DynamicBatchSampler:
-        """The sampler that cuts the batches (a BatchSizeScheduler steps it)."""
-        return self.sampler
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for indices in self.sampler:

@@ -15,7 +15,7 @@ import torch
 
 from ..data import load_dataset
 from ..report import build_report
-from ..training.distributed import setup, teardown
+from ..training.distributed import DistInfo, setup, teardown
 from ..training.experiments import run_experiment
 from ..training.lm import run_lm_experiment
 from ..training.settings import (
@@ -138,23 +138,8 @@ def _run(args: argparse.Namespace) -> int:
     previous_handlers = _install_stop_handlers(stop)
     in_step = False  # True where every rank ends the same way at the same point (then they leave together)
     try:
-        if args.resume and info.is_main and (not out.exists() or out.is_dir() and not any(out.iterdir())):
-            # NOTE [resume fresh]: `growbatch run --resume` is the idempotent command (make demo): with nothing
-            # to continue it starts the experiment, but says so, since a mistyped --out looks the same
-            print(f"growbatch: --out {out} holds no experiment to resume; --resume starts it fresh", file=sys.stderr)
-        observer = ProgressObserver(bars=not args.no_progress) if info.is_main else None
-        if config.experiment == "lm":  # a text corpus, the LanguageModelTask (training/lm.py)
-            summary = run_lm_experiment(config, out, info=info, resume=args.resume, force=args.force, stop=stop,
-                                        observer=observer)
-        else:
-            dataset = load_dataset(config.dataset, config.data_dir, download=args.download)
-            summary = run_experiment(config, out, info=info, resume=args.resume, force=args.force, stop=stop,
-                                     observer=observer, dataset=dataset)
+        _train_and_report(args, config, out, info, stop)
         in_step = True
-        if info.is_main:
-            path = build_report(out)
-            observer.finished(summary)
-            print(path)  # last, on stdout: the one line a script reads
     except Interrupted as err:
         in_step = True
         if info.is_main:
@@ -182,6 +167,27 @@ def _run(args: argparse.Namespace) -> int:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
     return 0
+
+
+def _train_and_report(args: argparse.Namespace, config: ExperimentConfig, out: Path, info: DistInfo,
+                      stop: StopFlag) -> None:
+    """Train the experiment into ``out``, then (on rank 0) write the report and print its path."""
+    if args.resume and info.is_main and (not out.exists() or out.is_dir() and not any(out.iterdir())):
+        # NOTE [resume fresh]: `growbatch run --resume` is the idempotent command (make demo): with nothing
+        # to continue it starts the experiment, but says so, since a mistyped --out looks the same
+        print(f"growbatch: --out {out} holds no experiment to resume; --resume starts it fresh", file=sys.stderr)
+    observer = ProgressObserver(bars=not args.no_progress) if info.is_main else None
+    if config.experiment == "lm":  # a text corpus, the LanguageModelTask (training/lm.py)
+        summary = run_lm_experiment(config, out, info=info, resume=args.resume, force=args.force, stop=stop,
+                                    observer=observer)
+    else:
+        dataset = load_dataset(config.dataset, config.data_dir, download=args.download)
+        summary = run_experiment(config, out, info=info, resume=args.resume, force=args.force, stop=stop,
+                                 observer=observer, dataset=dataset)
+    if info.is_main:
+        path = build_report(out)
+        observer.finished(summary)
+        print(path)  # last, on stdout: the one line a script reads
 
 
 def _report_lost_rank(err: RuntimeError, rank: int, args: argparse.Namespace) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..checks import check_batch_size, check_count, check_lr, check_momentum
@@ -139,7 +139,26 @@ def _points(epochs: int, points_per_epoch: int) -> list[float]:
     return [k / points_per_epoch for k in range(epochs * points_per_epoch)]
 
 
-def _schedule(rows: list[tuple[float, float, int]], epochs: int, n: int, momentum: float, name: str) -> Schedule:
+def _momentum(momentum: float | None) -> float | None:
+    """A schedule's momentum (SGD's, or Adam's beta1), checked; None keeps the optimizer's own
+    (NOTE [optimizer values])."""
+    return None if momentum is None else check_momentum(momentum)
+
+
+def _lr_points(lr_fn: Callable[[float], float], epochs: int,
+               points_per_epoch: int) -> Iterator[tuple[float, float, float]]:
+    """(epoch t, lr(t), the peak lr so far) at each point of the grid; an lr that is not positive is refused."""
+    peak = 0.0
+    for t in _points(epochs, points_per_epoch):
+        lr_t = float(lr_fn(t))
+        peak = max(peak, lr_t)
+        if lr_t <= 0:
+            raise ValueError(f"the lr schedule should stay positive, but gave lr={lr_t} at epoch {t:g}")
+        yield t, lr_t, peak
+
+
+def _schedule(rows: list[tuple[float, float, int]], epochs: int, n: int, momentum: float | None,
+              name: str) -> Schedule:
     """A Schedule from (start epoch, lr, batch) rows, each lasting until the next; equal neighbours merge."""
     phases: list[Phase] = []
     for i, (start, lr, batch) in enumerate(rows):
@@ -151,10 +170,10 @@ def _schedule(rows: list[tuple[float, float, int]], epochs: int, n: int, momentu
     return Schedule(tuple(phases), n, name=name)
 
 
-def fixed_batch(lr_fn: Callable[[float], float], *, batch_size: int, clock: TokenClock, momentum: float = 0.0,
-                points_per_epoch: int = 16, name: str = "decay") -> Schedule:
+def fixed_batch(lr_fn: Callable[[float], float], *, batch_size: int, clock: TokenClock,
+                momentum: float | None = None, points_per_epoch: int = 16, name: str = "decay") -> Schedule:
     """The lr schedule as LLM trainers run it: ``lr_fn`` sampled ``points_per_epoch`` times an epoch, one batch."""
-    n, momentum = clock.sequences_per_epoch, check_momentum(momentum)
+    n, momentum = clock.sequences_per_epoch, _momentum(momentum)
     check_batch_size(batch_size, n)
     rows = [(t, float(lr_fn(t)), batch_size) for t in _points(clock.epochs, points_per_epoch)]
     return _schedule(rows, clock.epochs, n, momentum, name)
@@ -168,7 +187,7 @@ def _check_cap(batch_size: int, cap: int, n: int) -> None:
 
 
 def convert_at_equal_noise(lr_fn: Callable[[float], float], *, batch_size: int, max_batch_size: int,
-                           clock: TokenClock, rule: str, momentum: float = 0.0, batch_size_multiple: int = 1,
+                           clock: TokenClock, rule: str, momentum: float | None = None, batch_size_multiple: int = 1,
                            points_per_epoch: int = 16, name: str = "converted") -> Schedule:
     """An lr schedule as a batch ramp at equal noise scale, by ``rule`` (NOTE [rules] in builders.py).
 
@@ -179,16 +198,12 @@ def convert_at_equal_noise(lr_fn: Callable[[float], float], *, batch_size: int, 
     """
     if rule not in ("linear", "sqrt"):
         raise ValueError(f"rule should be linear or sqrt (seesaw has its own builder), but got rule={rule!r}")
-    n, momentum = clock.sequences_per_epoch, check_momentum(momentum)
+    n, momentum = clock.sequences_per_epoch, _momentum(momentum)
     _check_cap(batch_size, max_batch_size, n)
     power = 1 if rule == "linear" else 2
     top = max_batch_size - max_batch_size % batch_size_multiple
-    rows, peak = [], 0.0
-    for t in _points(clock.epochs, points_per_epoch):
-        lr_t = float(lr_fn(t))
-        peak = max(peak, lr_t)
-        if lr_t <= 0:
-            raise ValueError(f"the lr schedule should stay positive, but gave lr={lr_t} at epoch {t:g}")
+    rows = []
+    for t, lr_t, peak in _lr_points(lr_fn, clock.epochs, points_per_epoch):
         ideal = batch_size * (peak / lr_t) ** power
         if ideal < top:
             batch = min(top, max(batch_size_multiple, round(ideal / batch_size_multiple) * batch_size_multiple))
@@ -199,17 +214,13 @@ def convert_at_equal_noise(lr_fn: Callable[[float], float], *, batch_size: int, 
 
 
 def seesaw(lr_fn: Callable[[float], float], *, batch_size: int, max_batch_size: int, clock: TokenClock,
-           momentum: float = 0.0, points_per_epoch: int = 16, name: str = "seesaw") -> Schedule:
+           momentum: float | None = None, points_per_epoch: int = 16, name: str = "seesaw") -> Schedule:
     """Seesaw (Meterez et al. 2025): wherever the lr schedule has halved k times, the batch is B0·2^k and the
     lr M/sqrt(2)^k; past ``max_batch_size`` the lr follows lr(t)·sqrt(cap/B0) (the sqrt rule)."""
-    n, momentum = clock.sequences_per_epoch, check_momentum(momentum)
+    n, momentum = clock.sequences_per_epoch, _momentum(momentum)
     _check_cap(batch_size, max_batch_size, n)
-    rows, peak = [], 0.0
-    for t in _points(clock.epochs, points_per_epoch):
-        lr_t = float(lr_fn(t))
-        peak = max(peak, lr_t)
-        if lr_t <= 0:
-            raise ValueError(f"the lr schedule should stay positive, but gave lr={lr_t} at epoch {t:g}")
+    rows = []
+    for t, lr_t, peak in _lr_points(lr_fn, clock.epochs, points_per_epoch):
         halvings = math.floor(math.log2(peak / lr_t) + 1e-9)
         batch = batch_size * 2**halvings
         if batch <= max_batch_size:
@@ -241,9 +252,9 @@ def rampup_batches(start: int, increment: int, ramp_samples: int, final: int) ->
 
 
 def with_batches(lr_fn: Callable[[float], float], steps: list[tuple[float, int]], *, clock: TokenClock,
-                 momentum: float = 0.0, points_per_epoch: int = 16, name: str = "rampup") -> Schedule:
+                 momentum: float | None = None, points_per_epoch: int = 16, name: str = "rampup") -> Schedule:
     """The lr schedule as sampled by :func:`fixed_batch`, with the batch stepping at ``steps`` ((epoch, batch))."""
-    n, momentum = clock.sequences_per_epoch, check_momentum(momentum)
+    n, momentum = clock.sequences_per_epoch, _momentum(momentum)
     for _, batch in steps:
         check_batch_size(batch, n)
     starts = sorted(set(_points(clock.epochs, points_per_epoch)) | {e for e, _ in steps if e < clock.epochs})

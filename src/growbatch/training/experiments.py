@@ -21,7 +21,7 @@ from ..schedule.builders import default_max_batch_size, step_schedule
 from ..schedule.schedule import Phase, Schedule
 from .distributed import DistInfo, from_main
 from .metrics import read_records
-from .rundir import RunLock, prepare_output_dir
+from .rundir import RunLock, claim_output_dir
 from .runfiles import CHECKPOINT_NAME, METRICS_NAME, train_run
 from .settings import EXPERIMENTS, ExperimentConfig, RunConfig, RunSettings
 from .task import ClassificationTask
@@ -209,17 +209,7 @@ def run_experiment(
             if run.ghost_batch_size and isinstance(run.settings.micro_batch_size, int):
                 check_ghost_batch_size(run.ghost_batch_size, run.settings.micro_batch_size)
         _check_one_sample_shares(runs, task, info.world_size)
-        if out.is_dir():
-            lock.acquire()  # first: a directory in use is refused as such, whatever it holds
-        try:
-            continuing = prepare_output_dir(out, manifest, resume=resume, force=force)
-            out.mkdir(parents=True, exist_ok=True)
-            if not lock.held:
-                lock.acquire()
-        except BaseException:
-            lock.release()
-            raise
-        return continuing
+        return claim_output_dir(out, manifest, lock, resume=resume, force=force)
 
     continuing = from_main(prepare)
     try:

@@ -27,7 +27,7 @@ from ..schedule.tokens import (
 from .distributed import DistInfo, from_main
 from .lm_task import LanguageModelTask
 from .metrics import read_records
-from .rundir import RunLock, prepare_output_dir
+from .rundir import RunLock, claim_output_dir
 from .runfiles import CHECKPOINT_NAME, METRICS_NAME, train_run
 from .settings import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, ExperimentConfig, RunConfig
 from .trainer import Observer, StopFlag
@@ -157,7 +157,7 @@ def run_lm_experiment(config: ExperimentConfig, out: Path, *, info: DistInfo, re
     manifest = {**config.manifest(), "tokens": plan.total_tokens, "seq_len": seq_len,
                 "corpus_sha256": corpus.sha256()}
     lock = RunLock(out) if info.is_main else None
-    continuing = from_main(lambda: _claim(out, manifest, lock, resume, force))  # NOTE [rank 0 decides]
+    continuing = from_main(lambda: claim_output_dir(out, manifest, lock, resume=resume, force=force))  # NOTE [rank 0 decides]
     try:
         if info.is_main:
             write_json_atomically(out / "experiment.json", manifest)
@@ -178,21 +178,6 @@ def run_lm_experiment(config: ExperimentConfig, out: Path, *, info: DistInfo, re
     finally:
         if lock is not None:
             lock.release()
-
-
-def _claim(out: Path, manifest: dict, lock: RunLock, resume: bool, force: bool) -> bool:
-    """Lock ``out`` and check that it may take this experiment (as run_experiment does); True when continuing."""
-    if out.is_dir():
-        lock.acquire()  # first: a directory in use is refused as such, whatever it holds
-    try:
-        continuing = prepare_output_dir(out, manifest, resume=resume, force=force)
-        out.mkdir(parents=True, exist_ok=True)
-        if not lock.held:
-            lock.acquire()
-    except BaseException:
-        lock.release()
-        raise
-    return continuing
 
 
 def _run_state(run: RunConfig, run_dir: Path, resume: bool, force: bool) -> tuple[list[dict], bool, bool]:

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["LockError", "RunLock", "LOCK_NAME", "prepare_output_dir"]
+__all__ = ["LockError", "RunLock", "LOCK_NAME", "claim_output_dir", "prepare_output_dir"]
 
 LOCK_NAME = ".growbatch.lock"
 MANIFEST_NAME = "experiment.json"
@@ -170,3 +170,19 @@ def prepare_output_dir(out: Path, manifest: dict, *, resume: bool, force: bool) 
         raise ValueError(f"--out {out} already holds this experiment; pass --resume to continue it "
                          "or --force to start over")
     return True
+
+
+def claim_output_dir(out: Path, manifest: dict, lock: RunLock, *, resume: bool, force: bool) -> bool:
+    """Lock ``out`` and check that it may take this experiment (prepare_output_dir); True when continuing.
+    An existing directory is locked first, so one in use is refused as such, whatever it holds."""
+    if out.is_dir():
+        lock.acquire()
+    try:
+        continuing = prepare_output_dir(out, manifest, resume=resume, force=force)
+        out.mkdir(parents=True, exist_ok=True)
+        if not lock.held:
+            lock.acquire()
+    except BaseException:
+        lock.release()
+        raise
+    return continuing

@@ -250,6 +250,14 @@ class ExperimentConfig(RunSettings):
         if self.experiment == "paper-5.2" and "sgd" in self.optimizers:
             raise ValueError("paper-5.2 scales the momentum coefficient, so optimizer sgd (no momentum) does not "
                              "apply; use momentum, nesterov or adam")
+        self._check_schedules()
+        ghost = self.ghost_batch_size
+        if ghost is not None and (isinstance(ghost, bool) or not 0 <= ghost <= MAX_COUNT):
+            raise ValueError(f"--ghost-batch-size should be a positive integer of at most 10**12 (or 0 for plain batch "
+                             f"norm), but got {_digits(str(ghost))}")
+
+    def _check_schedules(self) -> None:
+        """The schedule names, conversion rules and noise-scale settings name what this experiment has."""
         if self.schedules is not None:
             bad = [name for name in self.schedules if name not in SCHEDULES[self.experiment]]
             if bad or not self.schedules or len(set(self.schedules)) != len(self.schedules):
@@ -267,10 +275,6 @@ class ExperimentConfig(RunSettings):
         if self.experiment == "paper-5.2" and self.rules not in (None, ("linear",)):
             raise ValueError(f"paper-5.2 scales lr and momentum by the paper's linear rules (B ∝ lr, B ∝ 1/(1-m)); "
                              f"--rules {','.join(self.rules)} applies to compare only")
-        ghost = self.ghost_batch_size
-        if ghost is not None and (isinstance(ghost, bool) or not 0 <= ghost <= MAX_COUNT):
-            raise ValueError(f"--ghost-batch-size should be a positive integer of at most 10**12 (or 0 for plain batch "
-                             f"norm), but got {_digits(str(ghost))}")
 
     def resolved_rules(self, optimizer: str) -> tuple[str, ...]:
         """The conversion rules of ``optimizer``'s schedules: by default the square-root rule for Adam, else SGD's."""
