@@ -24,6 +24,7 @@ from ..training.settings import (
     flag_settings,
     positive_int,
 )
+from ..training.threads import choose_threads, restore_threads
 from ..training.trainer import DivergenceError, Interrupted, StopFlag
 from .progress import ProgressObserver
 
@@ -47,7 +48,8 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output directory (default runs/EXPERIMENT-DATASET)")
     p.add_argument("--workers", type=_flag_type(_thread_count), default=None,
                    help="CPU threads for training (data sets are held in memory, so no loader processes; "
-                        "default: torch's choice)")
+                        "default: one per core left idle by other work as the run starts, at least 1; a resume "
+                        "takes the count its checkpoint recorded)")
     p.add_argument("--resume", action="store_true", help="continue the experiment already in --out (default: off)")
     p.add_argument("--force", action="store_true", help="start over in an --out that holds results (default: off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on a terminal, only the per-epoch lines (default: off)")
@@ -131,11 +133,12 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--resume continues the runs in --out and --force starts them over; pass one of them")
     config = experiment_config_from_args(args)
     out = Path(_out_text(args.out) if args.out is not None else f"runs/{config.experiment}-{config.dataset}")
-    if args.workers:
-        torch.set_num_threads(args.workers)
     info = setup(args.device)
     stop = StopFlag()
     previous_handlers = _install_stop_handlers(stop)
+    note = choose_threads(args.workers)  # NOTE [threads under load] in training/threads.py; undone in finally
+    if note and info.is_main:
+        print(note, file=sys.stderr)
     in_step = False  # True where every rank ends the same way at the same point (then they leave together)
     try:
         _train_and_report(args, config, out, info, stop)
@@ -164,6 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         raise
     finally:
         teardown(wait=in_step)
+        restore_threads()
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
     return 0

@@ -31,6 +31,7 @@ from .distributed import (
 )
 from .settings import RunConfig
 from .task import Task
+from .threads import follows_checkpoint
 
 __all__ = ["Trainer", "TrainerState", "EpochTally", "Observer", "StopFlag", "DivergenceError", "Interrupted",
            "build_optimizer"]
@@ -179,16 +180,21 @@ class Trainer:
         self.allreduce.load_state_dict(saved["allreduce"])
         if self.noise_scale is not None:
             self.noise_scale.load_state_dict(saved["noise_scale"])
-        self._warn_if_threads_changed(saved.get("threads"))
+        self._match_threads(saved.get("threads"))
         tally = EpochTally(**saved["tally"]) if self.info.is_main else EpochTally()
         self.state = TrainerState(**saved["counters"], tally=tally, records=list(saved["records"]))
         restore_rng(saved["rng"])
 
-    def _warn_if_threads_changed(self, saved: int | None) -> None:
+    def _match_threads(self, saved: int | None) -> None:
         """NOTE [threads]: on the CPU, torch splits float reductions over its threads, so another thread count
-        rounds sums differently: the resumed run is then close to, not bit-identical with, an uninterrupted one."""
+        rounds sums differently: the resumed run is then close to, not bit-identical with, an uninterrupted one.
+        Where the count was growbatch's own choice (training/threads.py), the resume takes the checkpoint's."""
         now = torch.get_num_threads()
-        if saved is not None and saved != now and self.info.device.type == "cpu" and self.info.is_main:
+        if saved is None or saved == now or self.info.device.type != "cpu":
+            return
+        if follows_checkpoint():
+            torch.set_num_threads(saved)
+        elif self.info.is_main:
             warnings.warn(f"run {self.config.name}: the checkpoint was written with {saved} CPU threads, but this "
                           f"resume uses {now}; float sums round differently, so the result is no longer bit-identical "
                           f"to an uninterrupted run (resume with --workers {saved} to keep it)", stacklevel=2)

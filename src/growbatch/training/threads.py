@@ -1,0 +1,92 @@
+"""How many CPU threads a run trains with: the user's choice, else one per core that other work leaves idle.
+
+NOTE [threads under load]: torch starts one intra-op thread per core, and each parallel region waits for its
+slowest thread. When other work keeps a core busy, that thread shares the core and every region waits for
+it. Measured on 2 cores with a load of about 7 (four other jobs' tests), one Fashion-MNIST epoch of the MNIST
+CNN took about 290 s with 2 threads and about 35 s with 1 (issue 19). So ``growbatch run`` without
+``--workers`` (and without OMP_NUM_THREADS) counts the cores that are idle as it starts, over a quarter of a
+second of /proc/stat, and trains with that many threads (at least one). A resume then takes the thread count
+its checkpoint recorded, so it stays bit-identical to the uninterrupted run (NOTE [threads] in trainer.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import torch
+
+__all__ = ["choose_threads", "idle_cores", "threads_for", "follows_checkpoint", "restore_threads"]
+
+SAMPLE_S = 0.25  # how long the idle cores are counted at start
+_automatic = False  # True once choose_threads picked the count itself (the user chose none)
+_before: list[tuple[int, bool]] = []  # what choose_threads replaced, for restore_threads
+
+
+def idle_cores(interval: float = SAMPLE_S, stat: str = "/proc/stat") -> float | None:
+    """Cores left idle by all work on the machine over ``interval`` seconds; None where /proc/stat is unreadable."""
+    first = _cpu_times(stat)
+    time.sleep(interval)
+    second = _cpu_times(stat)
+    if first is None or second is None:
+        return None
+    (idle0, total0, cpus), (idle1, total1, _) = first, second
+    if total1 <= total0:
+        return None
+    return cpus * (idle1 - idle0) / (total1 - total0)
+
+
+def _cpu_times(stat: str) -> tuple[int, int, int] | None:
+    """(idle + iowait jiffies, all jiffies, CPU count) from /proc/stat's lines."""
+    try:
+        with open(stat) as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return None
+    total = next((line.split() for line in lines if line.startswith("cpu ")), None)
+    cpus = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    if total is None or cpus == 0 or len(total) < 6:
+        return None
+    values = [int(v) for v in total[1:]]
+    return values[3] + values[4], sum(values[:8]), cpus
+
+
+def threads_for(cores: int, idle: float) -> int:
+    """Threads for ``cores`` when ``idle`` cores are free: a core counts once it is at least three quarters idle."""
+    return max(1, min(cores, math.floor(idle + 0.25)))
+
+
+def choose_threads(workers: int | None) -> str | None:
+    """Set torch's thread count for a run: ``workers`` if given; else, where neither OMP_NUM_THREADS nor
+    MKL_NUM_THREADS sets it, one per idle core. Returns a line for the user when it trains with fewer than usual."""
+    global _automatic
+    _before.append((torch.get_num_threads(), _automatic))
+    if workers:
+        torch.set_num_threads(workers)
+        _automatic = False
+        return None
+    if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
+        _automatic = False
+        return None
+    cores, idle = torch.get_num_threads(), idle_cores()
+    _automatic = idle is not None
+    if idle is None or threads_for(cores, idle) == cores:
+        return None
+    threads = threads_for(cores, idle)
+    torch.set_num_threads(threads)
+    return (f"growbatch: other work leaves {idle:.1f} cores idle: training with {threads} thread"
+            f"{'s' * (threads > 1)} instead of {cores} (--workers N chooses)")
+
+
+def follows_checkpoint() -> bool:
+    """True where the thread count was chosen here, not by the user: a resume may then take the checkpoint's."""
+    return _automatic
+
+
+def restore_threads() -> None:
+    """Undo the last choose_threads (a command run in-process, as the tests do, leaves the process as it was)."""
+    global _automatic
+    if _before:
+        count, _automatic = _before.pop()
+        torch.set_num_threads(count)
