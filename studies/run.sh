@@ -4,6 +4,7 @@
 #   bash studies/run.sh all                  # the whole study (see docs/results.md for timings)
 # Re-running continues an unfinished configuration (--resume) and rebuilds its report.
 # DATA_DIR (default ../shared/data) holds mnist.npz, fashion_mnist.npz and cifar10.npz.
+# WORKERS, if set, is passed as --workers (CPU threads; 1 on a machine busy with other work).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_DIR=${DATA_DIR:-../shared/data}
@@ -18,6 +19,7 @@ for name in "${names[@]}"; do
     read -r -a args < "studies/$name.args"
     echo "== $name: growbatch run ${args[*]} --data-dir $DATA_DIR --out runs/study/$name --resume" >&2
     start=$(date +%s)
-    "$BIN/growbatch" run "${args[@]}" --data-dir "$DATA_DIR" --out "runs/study/$name" --resume --no-progress
+    "$BIN/growbatch" run "${args[@]}" --data-dir "$DATA_DIR" --out "runs/study/$name" --resume --no-progress \
+        ${WORKERS:+--workers "$WORKERS"}
     echo "== $name: $(( $(date +%s) - start )) s" >&2
 done

@@ -7,7 +7,14 @@ import math
 from typing import Any
 
 __all__ = ["check_number", "check_lr", "check_momentum", "check_count", "check_dataset_size", "check_batch_size",
-           "check_int", "check_positive_int", "check_factor"]
+           "check_int", "check_positive_int", "check_factor", "MAX_COUNT", "MAX_SEED", "MAX_FACTOR"]
+
+# NOTE [bounds]: every count (sizes, epochs, updates) is at most MAX_COUNT and every seed at most MAX_SEED (what
+# NumPy and torch accept), so no flag or argument ends in an OverflowError or a loop of hours; a noise-scale factor
+# above MAX_FACTOR would overflow the batch sizes built from it (factor**2 under the sqrt rule).
+MAX_COUNT = 10**12
+MAX_SEED = 2**32 - 1
+MAX_FACTOR = 1e6
 
 
 def check_number(name: str, value: object) -> float:
@@ -45,6 +52,8 @@ def check_count(name: str, value: object) -> int:
         raise TypeError(f"{name} should be a positive integer value, but got {name}={value!r}")
     if value <= 0:
         raise ValueError(f"{name} should be a positive integer value, but got {name}={value}")
+    if value > MAX_COUNT:
+        raise ValueError(f"{name} should be a positive integer value of at most 10**12, but got {name}={_short(value)}")
     return value
 
 
@@ -81,6 +90,8 @@ def check_positive_int(name: str, value: object, hint: str = "", alternative: st
         raise TypeError(f"{valid}, but got {name}={value!r} ({type(value).__name__})")
     if value <= 0:
         raise ValueError(f"{valid}, but got {name}={value}{hint}")
+    if value > MAX_COUNT:
+        raise ValueError(f"{valid} of at most 10**12, but got {name}={_short(value)}")
     return value
 
 
@@ -91,7 +102,16 @@ def check_factor(factor: float) -> float:
     if not factor > 1 or not math.isfinite(factor):
         raise ValueError(f"factor should be a number greater than 1 (the noise scale is divided by it), "
                          f"but got factor={factor!r}")
+    if factor > MAX_FACTOR:
+        raise ValueError(f"factor should be a number greater than 1 and at most 1e6 (the noise scale is divided by "
+                         f"it), but got factor={_short(factor)}")
     return float(factor)
+
+
+def _short(value: object) -> str:
+    """``value`` for a one-line message: a number of hundreds of digits is cut to its first and last digits."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"
 
 
 def check_state_dict(state: Any, *, owner: str, label: str, version: int, dataset_size: int, holder: str,

@@ -60,23 +60,77 @@ def figure_captions(experiment: str) -> dict[str, str]:
     return captions
 
 
+# what the report reads of each file; a damaged run is named with the file and the field it lacks
+RECORD_KEYS = ("epoch", "updates", "samples", "wall_s", "lr", "batch_size", "train_loss", "test_acc")
+CONFIG_KEYS = ("schedule", "optimizer", "seed")
+PHASE_KEYS = ("start_epoch", "end_epoch", "lr", "batch_size")
+
+
 def load_runs(out: Path) -> list[dict]:
-    """Every run directory under ``out`` that has a config and at least one complete epoch."""
+    """Every run directory under ``out`` that has a config and at least one complete epoch.
+
+    Raises:
+        ValueError: a ``config.json`` or a metrics line lacks a field the report needs (naming both).
+    """
     runs = []
     for run_dir in sorted(p for p in Path(out).iterdir() if p.is_dir()):
         config_path, metrics_path = run_dir / "config.json", run_dir / "metrics.jsonl"
-        if not (config_path.exists() and metrics_path.exists()):
+        if not (config_path.is_file() and metrics_path.is_file()):
             continue
         records = read_records(metrics_path)
         if not records:
             continue
-        config = json.loads(config_path.read_text())
+        config = _read_config(config_path)
+        for line, record in enumerate(records, 1):
+            missing = [key for key in RECORD_KEYS if key not in record] if isinstance(record, dict) else ["all"]
+            if missing:
+                raise ValueError(f"{metrics_path}: line {line} lacks {', '.join(missing)}; the metrics file is "
+                                 "damaged: restore it, or train the run again (growbatch run ... --force)")
         runs.append({"name": run_dir.name, "config": config, "records": records,
                      "schedule": config["schedule"].get("name", "custom"), "optimizer": config["optimizer"],
                      "seed": config["seed"]})
     if not runs:
         raise ValueError(f"{out} holds no run with metrics (looked for */config.json and */metrics.jsonl)")
     return runs
+
+
+def _read_config(path: Path) -> dict:
+    """A run's ``config.json``, checked for what the report reads of it."""
+    def damaged(what: str) -> ValueError:
+        return ValueError(f"{path} {what}; the run's config is damaged: restore it, or train the run again "
+                          "(growbatch run ... --force)")
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise damaged("is not valid JSON") from None
+    if not isinstance(config, dict):
+        raise damaged(f"holds a {type(config).__name__}, not a JSON object")
+    missing = [key for key in CONFIG_KEYS if key not in config]
+    if missing:
+        raise damaged(f"lacks {', '.join(missing)}")
+    phases = config["schedule"].get("phases") if isinstance(config["schedule"], dict) else None
+    if not isinstance(phases, list) or not phases:
+        raise damaged("has no schedule.phases (a list of one phase or more)")
+    for index, phase in enumerate(phases):
+        missing = [key for key in PHASE_KEYS if key not in phase] if isinstance(phase, dict) else ["all"]
+        if missing:
+            raise damaged(f"lacks schedule.phases[{index}].{', '.join(missing)}")
+    return config
+
+
+def _read_manifest(out: Path) -> dict:
+    """``experiment.json``, or {} when there is none; a damaged one is named."""
+    path = out / "experiment.json"
+    if not path.is_file():
+        return {}
+    try:
+        experiment = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        experiment = None
+    if not isinstance(experiment, dict):
+        raise ValueError(f"{path} is not a JSON object; the experiment's manifest is damaged: delete it (the report "
+                         "then lists what the runs recorded), or train the experiment again with --force")
+    return experiment
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -357,9 +411,7 @@ def build_report(out: Path) -> Path:
     runs = load_runs(out)
     _figures(runs, out)
     agg_head, agg, run_head, per_run = _tables(runs)
-    experiment = {}
-    if (out / "experiment.json").exists():
-        experiment = json.loads((out / "experiment.json").read_text())
+    experiment = _read_manifest(out)
     name = experiment.get("experiment", "runs")
     title = f"growbatch: {name} on {experiment.get('dataset', runs[0]['config'].get('dataset', '?'))}"
     setting = ", ".join(f"{k}={v}" for k, v in settings_used(experiment, runs).items())

@@ -153,6 +153,9 @@ class MicroBatcher:
         self.ghost_batch_size = largest_ghost_batch_size(self.module)
         if self.ghost_batch_size is not None and micro_batch_size != "auto":
             check_ghost_batch_size(self.ghost_batch_size, micro_batch_size)
+        # NOTE [one-sample micro-batch]: BatchNorm1d cannot normalise one sample (training raises), so with one
+        # a trailing micro-batch of one sample joins the one before it (the gradient is the same sum)
+        self._folds_single_sample = any(isinstance(m, nn.BatchNorm1d) for m in self.module.modules())
         self._searches: dict[tuple, SizeSearch] = {}
         self._restored: dict[tuple, dict] = {}  # searches from load_state_dict, not used yet
         self._synchronising = False  # True during a DDP model's last (all-reducing) micro-batch
@@ -247,10 +250,11 @@ class MicroBatcher:
                     length: int) -> StepResult:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         sums: dict[str, torch.Tensor] = {}
-        pieces = list(zip(split_batch(inputs, size, length), split_batch(targets, size, length)))
+        sizes = micro_batch_sizes(length, size, fold_single_sample=self._folds_single_sample)
+        pieces = list(zip(split_batch(inputs, sizes), split_batch(targets, sizes)))
         for index, (micro_inputs, micro_targets) in enumerate(pieces):
             last = index == len(pieces) - 1
-            samples = min(size, length - index * size)
+            samples = sizes[index]
             micro_inputs = self._prepare(self._to_device(micro_inputs))
             micro_targets = self._to_device(micro_targets)
             self._synchronising = last and hasattr(self.model, "no_sync")
@@ -270,7 +274,7 @@ class MicroBatcher:
         # one device-to-host copy per update, not one per micro-batch
         values = torch.stack([loss_sum, *(v.double() for v in sums.values())]).tolist()
         return StepResult(loss_sum=values[0], samples=length, micro_batches=len(pieces),
-                          micro_batch_size=min(size, length), sums=dict(zip(sums, values[1:])))
+                          micro_batch_size=max(sizes), sums=dict(zip(sums, values[1:])))
 
     def _to_device(self, batch: Any) -> Any:
         return map_tensors(lambda tensor: tensor.to(self.device, non_blocking=True), batch)
@@ -382,6 +386,23 @@ class MicroBatcher:
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+def micro_batch_sizes(share: int, micro_batch_size: int, *, fold_single_sample: bool = False) -> list[int]:
+    """Sizes of the micro-batches of a share: full ones, then the remainder, which with ``fold_single_sample``
+    joins the one before it when it is a single sample (NOTE [one-sample micro-batch]).
+
+    Example:
+        >>> micro_batch_sizes(65, 64), micro_batch_sizes(65, 64, fold_single_sample=True), micro_batch_sizes(1, 64)
+        ([64, 1], [65], [1])
+    """
+    full, rest = divmod(share, micro_batch_size)
+    sizes = [micro_batch_size] * full
+    if rest == 1 and fold_single_sample and sizes:
+        sizes[-1] += 1
+    elif rest:
+        sizes.append(rest)
+    return sizes
 
 
 def _signature(inputs: Any, batcher: MicroBatcher) -> tuple:

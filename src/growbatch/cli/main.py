@@ -7,7 +7,10 @@ Each subcommand is a module with an ``add_<name>_parser(subparsers)`` that regis
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .. import __version__
@@ -42,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Bad input (``ValueError``, ``TypeError``, :class:`UsageError`) becomes one line on
     stderr, ``growbatch: error: ...``, and status 2, with no traceback.
     """
+    warnings.formatwarning = _format_warning  # one line, like the errors
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # for messages that repeat the command
@@ -51,9 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return stop.code or 0
         print(stop.code, file=sys.stderr)
         return 1
-    except (ValueError, TypeError, LockError) as err:
+    except (ValueError, TypeError, OverflowError, LockError) as err:  # OverflowError: NOTE [bounds] in checks.py
         _print_error(err, _one_line(err))
         return 2
+    except BrokenPipeError:  # stdout closed by its reader (growbatch presets | head -1): stop quietly
+        _silence_stdout()
+        return 128 + signal.SIGPIPE
     except OSError as err:  # a read-only or full output directory, a vanished file
         where = f": {err.filename}" if getattr(err, "filename", None) else ""
         _print_error(err, f"{err.strerror or _one_line(err)}{where}")
@@ -75,6 +82,19 @@ def _print_error(err: BaseException, text: str) -> None:
         return
     tag = f"[rank {rank}] " if rank else ""
     print(f"growbatch: error: {tag}{text}", file=sys.stderr)
+
+
+def _format_warning(message: Warning | str, category: type, filename: str, lineno: int, line: str | None = None) -> str:
+    return f"growbatch: warning: {' '.join(str(message).split())}\n"
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so Python's flush at exit does not raise a second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):  # no stdout left to redirect
+        pass
 
 
 def _one_line(err: BaseException) -> str:

@@ -26,6 +26,8 @@ from ..training.settings import (
 from ..training.trainer import DivergenceError, Interrupted, StopFlag
 from .progress import ProgressObserver
 
+MAX_THREADS = 1024
+
 __all__ = ["add_run_parser", "add_setting_flag", "experiment_config_from_args", "resume_command"]
 
 
@@ -41,7 +43,7 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
         add_setting_flag(p, setting)
     p.add_argument("--download", action="store_true", help="download missing data set files (checksums verified) (default: off)")
     p.add_argument("--out", default=None, help="output directory (default runs/EXPERIMENT-DATASET)")
-    p.add_argument("--workers", type=_flag_type(positive_int), default=None,
+    p.add_argument("--workers", type=_flag_type(_thread_count), default=None,
                    help="CPU threads for training (data sets are held in memory, so no loader processes; "
                         "default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue the experiment already in --out (default: off)")
@@ -81,6 +83,24 @@ def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
+def _out_text(text: str) -> str:
+    """``--out`` as given, refused when empty or holding a newline or other control character."""
+    if not text.strip():
+        raise ValueError(f"--out should name a directory, but got {text!r}; leave it out for runs/EXPERIMENT-DATASET")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError(f"--out should not hold a newline or other control character, but got {text!r}; "
+                         "choose another directory name")
+    return text
+
+
+def _thread_count(text: str) -> int:
+    """``--workers``: 1..1024 threads (torch's thread pool allocates per thread: 10**9 of them exhaust memory)."""
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise ValueError(f"expected a thread count in 1..{MAX_THREADS}, got {value}")
+    return value
+
+
 def _shown(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
@@ -108,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and args.force:
         raise ValueError("--resume continues the runs in --out and --force starts them over; pass one of them")
     config = experiment_config_from_args(args)
-    out = Path(args.out or f"runs/{config.experiment}-{config.dataset}")
+    out = Path(_out_text(args.out) if args.out is not None else f"runs/{config.experiment}-{config.dataset}")
     if args.workers:
         torch.set_num_threads(args.workers)
     info = setup(args.device)
@@ -117,6 +137,10 @@ def _run(args: argparse.Namespace) -> int:
     in_step = False  # True where every rank ends the same way at the same point (then they leave together)
     try:
         dataset = load_dataset(config.dataset, config.data_dir, download=args.download)
+        if args.resume and info.is_main and (not out.exists() or out.is_dir() and not any(out.iterdir())):
+            # NOTE [resume fresh]: `growbatch run --resume` is the idempotent command (make demo): with nothing
+            # to continue it starts the experiment, but says so, since a mistyped --out looks the same
+            print(f"growbatch: --out {out} holds no experiment to resume; --resume starts it fresh", file=sys.stderr)
         observer = ProgressObserver(bars=not args.no_progress) if info.is_main else None
         summary = run_experiment(config, out, info=info, resume=args.resume, force=args.force, stop=stop,
                                  observer=observer, dataset=dataset)

@@ -7,6 +7,7 @@ may use DEFLATE (``np.savez_compressed``), LZMA or no compression; every member'
 from __future__ import annotations
 
 import lzma
+import math
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         DataError: the file is not a zip archive, is truncated, fails a CRC check, holds a pickled
             (object) array, or lacks one of x_train, y_train, x_test, y_test.
     """
+    _check_members(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in ARRAY_KEYS if key not in archive.files]
@@ -45,9 +47,42 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             return {key: archive[key] for key in ARRAY_KEYS}
     except DataError:
         raise
-    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, ValueError) as error:
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, ValueError, NotImplementedError) as error:
         # ValueError covers a corrupt .npy header and the refusal of pickled object arrays
         raise DataError(
             f"{path} is corrupt or truncated: the zip/npy format or checksum check failed ({error}); "
             f"copy the file again or delete it and download the data set"
         ) from error
+
+
+def _check_members(path: Path) -> None:
+    """Refuse, before anything is read or allocated, a member whose compression method is unknown or whose
+    ``.npy`` header claims more bytes than the member holds (a corrupt header would allocate that much)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA,
+                                                zipfile.ZIP_BZIP2):
+                    raise DataError(f"{path} is corrupt: its member {member.filename} names compression method "
+                                    f"{member.compress_type}, which no zip writer uses; copy the file again or "
+                                    "delete it and download the data set")
+                if member.filename.endswith(".npy"):
+                    _check_npy_header(path, archive, member)
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, ValueError, NotImplementedError,
+            OSError) as error:
+        raise DataError(f"{path} is corrupt or truncated: the zip/npy format or checksum check failed ({error}); "
+                        "copy the file again or delete it and download the data set") from error
+
+
+def _check_npy_header(path: Path, archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> None:
+    with archive.open(member) as file:
+        version = np.lib.format.read_magic(file)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(file, max_header_size=10_000)
+        claimed = math.prod(shape) * dtype.itemsize
+        if claimed > member.file_size:
+            raise DataError(f"{path} is corrupt: the header of {member.filename} claims shape {shape} "
+                            f"({claimed:,} bytes), but the member holds {member.file_size:,} bytes; copy the file "
+                            "again or delete it and download the data set")

@@ -237,30 +237,18 @@ class Schedule:
 
     # -- counting ------------------------------------------------------------------
     def plan(self) -> Plan:
-        """Exact updates and samples per phase, by arithmetic over each epoch (no per-batch loop)."""
+        """Exact updates and samples per phase, in closed form: O(phases), whatever the number of epochs.
+
+        NOTE [closed-form plan]: an epoch that lies wholly inside one phase cuts the same batches as every
+        other such epoch of that phase, so it is counted once and multiplied; only the (at most one per
+        phase) epochs that a phase boundary cuts are counted on their own.
+        """
         n = self.dataset_size
         updates = [0] * len(self.phases)
         samples = [0] * len(self.phases)
         end_clocks = self._start_clocks[1:] + (self.epochs * n,)
-        for epoch in range(self.epochs):
-            position = 0
-            for i, phase in enumerate(self.phases):
-                seg_end = min(end_clocks[i] - epoch * n, n)
-                if seg_end <= position or self._start_clocks[i] >= (epoch + 1) * n:
-                    continue
-                size = phase.batch_size
-                # batches cut while position < seg_end, but only full ones fit before n
-                k = min(-(-(seg_end - position) // size), (n - position) // size)
-                updates[i] += k
-                samples[i] += k * size
-                position += k * size
-                if position < seg_end:  # fewer than `size` samples left in the epoch
-                    if not self.drop_last:
-                        updates[i] += 1
-                        samples[i] += n - position
-                    position = n
-                if position >= n:
-                    break
+        for epoch, times in self._epoch_groups():
+            self._count_epoch(epoch, end_clocks, updates, samples, times)
         rows = tuple(
             PhasePlan(
                 p.start_epoch, p.end_epoch, p.lr, p.momentum, p.batch_size,
@@ -269,6 +257,44 @@ class Schedule:
             for i, p in enumerate(self.phases)
         )
         return Plan(self.name, n, self.epochs, self.drop_last, rows)
+
+    def smallest_batch_size(self) -> int:
+        """The smallest global batch cut in any epoch, each epoch's last (partial) batch included."""
+        return min(min(self.batch_sizes(epoch)) for epoch, _ in self._epoch_groups())
+
+    def _epoch_groups(self) -> list[tuple[int, int]]:
+        """(epoch, how many epochs cut the same batches as it): each epoch a phase boundary cuts, alone, and
+        the first whole epoch of each phase for all of that phase's whole epochs (NOTE [closed-form plan])."""
+        n = self.dataset_size
+        end_clocks = self._start_clocks[1:] + (self.epochs * n,)
+        groups = [(epoch, 1) for epoch in sorted({clock // n for clock in self._start_clocks if clock % n})]
+        for start, end in zip(self._start_clocks, end_clocks):
+            first, stop = -(-start // n), end // n  # the whole epochs of this phase: [first, stop)
+            if stop > first:
+                groups.append((first, stop - first))
+        return groups
+
+    def _count_epoch(self, epoch: int, end_clocks: tuple[int, ...], updates: list[int], samples: list[int],
+                     times: int) -> None:
+        """Add ``times`` x the updates and samples that ``epoch`` cuts in each phase, by arithmetic per phase."""
+        n, position = self.dataset_size, 0
+        for i, phase in enumerate(self.phases):
+            seg_end = min(end_clocks[i] - epoch * n, n)
+            if seg_end <= position or self._start_clocks[i] >= (epoch + 1) * n:
+                continue
+            size = phase.batch_size
+            # batches cut while position < seg_end, but only full ones fit before n
+            k = min(-(-(seg_end - position) // size), (n - position) // size)
+            updates[i] += k * times
+            samples[i] += k * size * times
+            position += k * size
+            if position < seg_end:  # fewer than `size` samples left in the epoch
+                if not self.drop_last:
+                    updates[i] += times
+                    samples[i] += (n - position) * times
+                position = n
+            if position >= n:
+                break
 
     # -- serialisation -------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import stat
 import time
 import zipfile
 from pathlib import Path
@@ -60,6 +61,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ValueError: the file is truncated, corrupt (a stored CRC-32 does not match), not a
             checkpoint, or from another checkpoint version.
     """
+    # opening a FIFO (or a device) would block, holding the lock, until something writes to it
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"checkpoint {path} is not a regular file; delete it to start over, or use --force")
     # torch.load does not check the CRC-32s its zip format stores, so a flipped bit in the weights
     # would load silently; zipfile checks them (one extra read of the file)
     try:
@@ -67,8 +71,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             bad_member = archive.testzip()
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise ValueError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: not a whole zip archive); "
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as err:  # NotImplementedError: a
+        # compression method flipped to one zipfile does not know
+        what = "a member names an unknown compression method" if isinstance(err, NotImplementedError) else \
+            "not a whole zip archive"
+        raise ValueError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {what}); "
                          "delete it to start over, or use --force") from None
     if bad_member is not None:
         raise ValueError(f"checkpoint {path} is corrupt: {bad_member} fails its CRC-32 check; "

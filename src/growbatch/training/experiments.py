@@ -11,6 +11,8 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from torch import nn
+
 from ..atomic import write_json_atomically
 from ..batching.ghost_bn import check_ghost_batch_size
 from ..data import ImageDataset, load_dataset
@@ -120,6 +122,31 @@ def _adaptive(config: ExperimentConfig, schedule_name: str, schedule: Schedule, 
     return AdaptiveBatch(config.noise_multiple, cap, multiple), settings
 
 
+def _check_one_sample_shares(runs: list[RunConfig], task: ClassificationTask, world_size: int) -> None:
+    """Refuse, before anything is written, a run that would cut a batch leaving one process a single sample
+    for a model with BatchNorm1d, which cannot normalise one sample (the run would crash at that batch).
+
+    NOTE [one-sample batch]: a trailing one-sample micro-batch joins the one before it (batching/microbatch.py),
+    but a whole logical batch of one sample per process (the last of an epoch: N mod B = 1) cannot: refused here.
+    """
+    has_bn1d: dict[tuple, bool] = {}
+    for run in runs:
+        key = (run.model, run.ghost_batch_size)
+        if key not in has_bn1d:
+            has_bn1d[key] = any(isinstance(m, nn.BatchNorm1d) for m in task.build_model(run).modules())
+        smallest = run.schedule.smallest_batch_size() if has_bn1d[key] and run.adaptive is None else 2 * world_size
+        if smallest < 2 * world_size:  # rank_share: some process gets one sample exactly when b < 2 x world size
+            n = run.schedule.dataset_size
+            sizes = sorted({p.batch_size for p in run.schedule.phases})
+            alone = "" if world_size == 1 else f", which leaves one of the {world_size} processes a single sample"
+            raise ValueError(
+                f"run {run.name} would cut a batch of {smallest} sample(s) (the last of an epoch: {n} training "
+                f"samples in batches of {', '.join(map(str, sizes))}){alone}, but model {run.model} has "
+                f"BatchNorm1d, which cannot normalise one sample; choose a --train-size or --batch-size that leaves "
+                f"at least {2 * world_size} samples in each epoch's last "
+                f"batch (e.g. --train-size {n - smallest})")
+
+
 def _realised_plan_updates(run: RunConfig, records: list[dict]) -> int:
     """Updates the planner counts for the schedule the run followed (an adaptive one: as its records show)."""
     if run.adaptive is None:
@@ -175,10 +202,13 @@ def run_experiment(
     # and need not share its file system.
     lock = RunLock(out) if info.is_main else None
 
+    task = ClassificationTask(dataset)
+
     def prepare() -> bool:
         for run in runs:  # fail before the first run trains, and once rather than on every rank
             if run.ghost_batch_size and isinstance(run.settings.micro_batch_size, int):
                 check_ghost_batch_size(run.ghost_batch_size, run.settings.micro_batch_size)
+        _check_one_sample_shares(runs, task, info.world_size)
         if out.is_dir():
             lock.acquire()  # first: a directory in use is refused as such, whatever it holds
         try:
@@ -197,7 +227,6 @@ def run_experiment(
             write_json_atomically(out / "experiment.json", manifest)
         summary = {"experiment": config.experiment, "dataset": config.dataset, "model": config.resolved_model,
                    "dataset_size": dataset.train_size, "world_size": info.world_size, "runs": []}
-        task = ClassificationTask(dataset)
         for run in runs:
             run_dir = out / run.name
             if on_run is not None:

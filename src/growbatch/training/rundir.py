@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -28,6 +29,25 @@ def _process_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None  # field 22 of proc(5), starttime
 
 
+def _read_owner(path: Path) -> dict:
+    """The owner a lock file names, or {} when it is empty, torn or not a lock."""
+    try:
+        owner = json.loads(path.read_text() or "{}")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open ``fd`` is still the file at ``path`` (not unlinked, nor replaced by a new one)."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
 def _owner_alive(pid: int, started: str | None) -> bool:
     """Whether the process that wrote a lock still runs.
 
@@ -45,59 +65,70 @@ def _owner_alive(pid: int, started: str | None) -> bool:
 
 
 class RunLock:
-    """An exclusive lock file in a run directory; a lock left by a dead process on this host is taken over."""
+    """An exclusive lock file in a run directory; a lock left by a dead process on this host is taken over.
+
+    NOTE [flock]: the owner holds an OS advisory lock (``fcntl.flock``) on the lock file for as long as it
+    runs; the kernel drops it when the process dies, however it dies. Whoever takes the flock decides
+    alone, so two processes can never both take over a stale lock. The file names the owner (pid, host,
+    start time) for messages, and a lock that names another host (a shared file system, whose flocks may
+    not reach here) or a live process that holds no flock (another growbatch version) is still respected.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.path = Path(directory) / LOCK_NAME
-        self._held = False
+        self._file: int | None = None
 
     @property
     def held(self) -> bool:
         """Whether this object holds the lock."""
-        return self._held
+        return self._file is not None
 
     def acquire(self) -> None:
-        """Take the lock, or raise :class:`LockError` naming the live process that holds it.
-
-        The lock file appears with its owner already in it (written to a private file, then
-        hard-linked into place, which fails if the lock exists), so no reader ever sees an empty lock.
-        """
+        """Take the lock, or raise :class:`LockError` naming the live process that holds it."""
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_start(os.getpid())}
-        mine = self.path.with_name(f"{LOCK_NAME}.{me['pid']}")
-        mine.write_text(json.dumps(me))
-        try:
-            for _ in range(2):
-                try:
-                    os.link(mine, self.path)
-                except FileExistsError:
-                    self._refuse_or_clear(me["host"])
-                    continue
-                self._held = True
-                return
-        finally:
-            mine.unlink(missing_ok=True)
+        for _ in range(100):  # another process may unlink the file between our open and our flock
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise LockError(self._in_use(_read_owner(self.path))) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if not _same_file(fd, self.path):  # released (unlinked) by its owner meanwhile: open the new one
+                os.close(fd)
+                continue
+            try:
+                self._refuse_if_alive(_read_owner(self.path), me["host"])
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(me).encode(), 0)
+            except BaseException:
+                os.close(fd)  # the flock goes with it; the file, another's, stays
+                raise
+            self._file = fd
+            return
         raise LockError(f"could not take the lock {self.path}; remove it if no run is using the directory")
 
-    def _refuse_or_clear(self, host: str) -> None:
-        """Raise LockError if the lock's owner may be alive; else remove the stale lock."""
-        try:
-            owner = json.loads(self.path.read_text() or "{}")
-        except (OSError, json.JSONDecodeError):
-            owner = {}
-        pid = owner.get("pid") if isinstance(owner, dict) else None
-        if isinstance(pid, int) and (owner.get("host") != host or _owner_alive(pid, owner.get("started"))):
+    def _in_use(self, owner: dict) -> str:
+        return (f"{self.path.parent} is in use by another growbatch run (pid {owner.get('pid', '?')} on "
+                f"{owner.get('host', '?')}); wait for it to finish, choose another --out, or delete "
+                f"{self.path} if that process is gone")
+
+    def _refuse_if_alive(self, owner: dict, host: str) -> None:
+        """Raise LockError if the lock names another host or a live process here; else it is stale."""
+        pid = owner.get("pid")
+        if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:
+            return  # empty, torn or not a lock (a pid of 10**30 is none)
+        if owner.get("host") != host or _owner_alive(pid, owner.get("started")):
             # another host's process cannot be checked from here, so it is assumed alive
-            raise LockError(
-                f"{self.path.parent} is in use by another growbatch run (pid {pid} on "
-                f"{owner.get('host')}); wait for it to finish, choose another --out, or delete "
-                f"{self.path} if that process is gone"
-            ) from None
-        self.path.unlink(missing_ok=True)  # stale: its process is gone (or the file is not a lock)
+            raise LockError(self._in_use(owner))
 
     def release(self) -> None:
-        if self._held:
-            self.path.unlink(missing_ok=True)
-            self._held = False
+        if self._file is not None:
+            self.path.unlink(missing_ok=True)  # while still holding the flock (see _same_file)
+            os.close(self._file)
+            self._file = None
 
     def __enter__(self) -> RunLock:
         self.acquire()

@@ -8,11 +8,12 @@ adding a setting means adding one field here.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..checks import check_number, check_positive_int
+from ..checks import MAX_COUNT, MAX_FACTOR, MAX_SEED, check_number, check_positive_int
 from ..data import DATASET_NAMES
 from ..models import MODEL_NAMES
 from ..schedule.adaptive import AdaptiveBatch
@@ -20,7 +21,7 @@ from ..schedule.builders import RULES
 from ..schedule.schedule import Schedule
 
 __all__ = ["OPTIMIZERS", "EXPERIMENTS", "RunSettings", "ExperimentConfig", "RunConfig", "setting", "flag_settings",
-           "compatible_keys", "positive_int", "int_list", "name_list", "micro_batch_size_text"]
+           "compatible_keys", "positive_int", "int_list", "bounded_float", "name_list", "micro_batch_size_text"]
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 EXPERIMENTS = ("compare", "paper-5.2")
@@ -41,18 +42,43 @@ def positive_int(text: str) -> int:
         raise ValueError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise ValueError(f"expected a positive integer, got {value}")
+    if value > MAX_COUNT:  # NOTE [bounds] in checks.py
+        raise ValueError(f"expected a positive integer of at most 10**12, got {_digits(text)}")
     return value
 
 
 def int_list(text: str) -> tuple[int, ...]:
-    """``"0,1,2"`` -> (0, 1, 2)."""
+    """``"0,1,2"`` -> (0, 1, 2); each a seed, in 0..2**32-1 (what NumPy and torch accept)."""
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise ValueError(f"expected comma-separated integers, got {text!r}") from None
     if not values:
         raise ValueError("expected at least one integer")
+    bad = [v for v in values if not 0 <= v <= MAX_SEED]
+    if bad:
+        raise ValueError(f"expected seeds in 0..{MAX_SEED} (2**32-1), got {_digits(str(bad[0]))}")
     return values
+
+
+def bounded_float(maximum: float) -> Callable[[str], float]:
+    """A parser of a finite number of at most ``maximum`` (a factor or a multiple; NOTE [bounds] in checks.py)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or abs(value) > maximum:
+            raise ValueError(f"expected a finite number of at most {maximum:g}, got {_digits(text)}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def _digits(text: str) -> str:
+    """A flag's text for a one-line message, a number of hundreds of digits cut short."""
+    text = text.strip()
+    return text if len(text) <= 40 else f"{text[:12]}...{text[-6:]} ({len(text)} characters)"
 
 
 def name_list(valid: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
@@ -153,9 +179,9 @@ class ExperimentConfig(RunSettings):
     lr: float | None = setting(None, "initial learning rate (default per optimizer)", parse=float)
     momentum: float = setting(0.9, "momentum (Adam's beta1)", parse=float)
     max_batch_size: int | None = setting(None, "batch cap; past it the lr falls (default N/10)", parse=positive_int)
-    factor: float = setting(5.0, "noise-scale step at each milestone", parse=float)
+    factor: float = setting(5.0, "noise-scale step at each milestone", parse=bounded_float(MAX_FACTOR))
     noise_multiple: float = setting(1.0, "adaptive: the batch tracks this many times the measured noise scale",
-                                    parse=float)
+                                    parse=bounded_float(MAX_FACTOR))
     rules: tuple[str, ...] | None = setting(
         None, "how a batch step replaces an lr step, comma-separated: linear (B x f), sqrt (B x f^2), seesaw (B x f, "
         "lr / sqrt f); several give a hybrid and an increase run per rule, named increase-sqrt etc. (default: sqrt for "
@@ -181,8 +207,9 @@ class ExperimentConfig(RunSettings):
         for name in ("epochs", "train_size"):
             if getattr(self, name) is not None:
                 check_positive_int(name, getattr(self, name))
-        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
-            raise ValueError(f"seeds should be non-negative integers, but got seeds={list(self.seeds)}")
+        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED
+                                 for s in self.seeds):
+            raise ValueError(f"seeds should be integers in 0..{MAX_SEED}, but got seeds={list(self.seeds)}")
         if len(set(self.seeds)) != len(self.seeds) or len(set(self.optimizers)) != len(self.optimizers):
             raise ValueError("seeds and optimizers should not repeat")
         if self.experiment == "paper-5.2" and "sgd" in self.optimizers:
@@ -196,7 +223,7 @@ class ExperimentConfig(RunSettings):
         if self.experiment == "compare" and "adaptive" in (self.schedules or ()) and self.noise_scale == "off":
             raise ValueError("the adaptive schedule follows the measured noise scale; drop --noise-scale off")
         check_number("noise_multiple", self.noise_multiple)
-        if not self.noise_multiple > 0:
+        if not 0 < self.noise_multiple <= MAX_FACTOR:
             raise ValueError(f"noise_multiple should be a positive number, but got noise_multiple={self.noise_multiple}")
         if self.rules is not None:
             bad = [rule for rule in self.rules if rule not in RULES]
@@ -205,9 +232,10 @@ class ExperimentConfig(RunSettings):
         if self.experiment == "paper-5.2" and self.rules not in (None, ("linear",)):
             raise ValueError(f"paper-5.2 scales lr and momentum by the paper's linear rules (B ∝ lr, B ∝ 1/(1-m)); "
                              f"--rules {','.join(self.rules)} applies to compare only")
-        if self.ghost_batch_size is not None and (self.ghost_batch_size < 0 or isinstance(self.ghost_batch_size, bool)):
-            raise ValueError(f"--ghost-batch-size should be a positive integer (or 0 for plain batch norm), "
-                             f"but got {self.ghost_batch_size}")
+        ghost = self.ghost_batch_size
+        if ghost is not None and (isinstance(ghost, bool) or not 0 <= ghost <= MAX_COUNT):
+            raise ValueError(f"--ghost-batch-size should be a positive integer of at most 10**12 (or 0 for plain batch "
+                             f"norm), but got {_digits(str(ghost))}")
 
     def resolved_rules(self, optimizer: str) -> tuple[str, ...]:
         """The conversion rules of ``optimizer``'s schedules: by default the square-root rule for Adam, else SGD's."""

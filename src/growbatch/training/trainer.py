@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -160,6 +161,7 @@ class Trainer:
             "tally": {"loss_sum": totals[0], "samples": int(totals[1]), "sums": dict(zip(keys, totals[2:])),
                       "micro_batch_size": tally.micro_batch_size},
             "records": list(state.records), "schedule": self.schedule.to_dict(),
+            "threads": torch.get_num_threads(),  # NOTE [threads]
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
@@ -173,9 +175,19 @@ class Trainer:
         self.allreduce.load_state_dict(saved["allreduce"])
         if self.noise_scale is not None:
             self.noise_scale.load_state_dict(saved["noise_scale"])
+        self._warn_if_threads_changed(saved.get("threads"))
         tally = EpochTally(**saved["tally"]) if self.info.is_main else EpochTally()
         self.state = TrainerState(**saved["counters"], tally=tally, records=list(saved["records"]))
         restore_rng(saved["rng"])
+
+    def _warn_if_threads_changed(self, saved: int | None) -> None:
+        """NOTE [threads]: on the CPU, torch splits float reductions over its threads, so another thread count
+        rounds sums differently: the resumed run is then close to, not bit-identical with, an uninterrupted one."""
+        now = torch.get_num_threads()
+        if saved is not None and saved != now and self.info.device.type == "cpu" and self.info.is_main:
+            warnings.warn(f"run {self.config.name}: the checkpoint was written with {saved} CPU threads, but this "
+                          f"resume uses {now}; float sums round differently, so the result is no longer bit-identical "
+                          f"to an uninterrupted run (resume with --workers {saved} to keep it)", stacklevel=2)
 
     # -- training -------------------------------------------------------------------------
     def train_update(self, inputs: Any, targets: Any) -> None:
