@@ -7,7 +7,6 @@ Under DDP only the last micro-batch synchronises (``no_sync()`` on the others), 
 from __future__ import annotations
 
 import functools
-import itertools
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from .microbatch_size import (
     largest_micro_batch_size,
 )
 from .noise_scale import GradientNoiseScale
-from .structure import batch_length, batch_signature, map_tensors, slice_batch
+from .structure import batch_length, batch_signature, map_tensors, slice_batch, split_batch
 
 __all__ = ["MicroBatcher", "StepResult"]
 
@@ -252,8 +251,7 @@ class MicroBatcher:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         sums: dict[str, torch.Tensor] = {}
         sizes = micro_batch_sizes(length, size, fold_single_sample=self._folds_single_sample)
-        starts = list(itertools.accumulate(sizes, initial=0))
-        pieces = [(slice_batch(inputs, a, b), slice_batch(targets, a, b)) for a, b in zip(starts, starts[1:])]
+        pieces = list(zip(split_batch(inputs, sizes), split_batch(targets, sizes)))
         for index, (micro_inputs, micro_targets) in enumerate(pieces):
             last = index == len(pieces) - 1
             samples = sizes[index]

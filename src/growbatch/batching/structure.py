@@ -62,9 +62,13 @@ def slice_batch(batch: Any, start: int, stop: int) -> Any:
     return map_tensors(lambda tensor: tensor[start:stop], batch)
 
 
-def split_batch(batch: Any, size: int, length: int) -> list[Any]:
-    """``batch`` (of ``length`` samples) in pieces of ``size`` samples, the last one shorter."""
-    return [slice_batch(batch, start, min(start + size, length)) for start in range(0, length, size)]
+def split_batch(batch: Any, sizes: list[int]) -> list[Any]:
+    """``batch`` in consecutive pieces of ``sizes`` samples."""
+    pieces, start = [], 0
+    for size in sizes:
+        pieces.append(slice_batch(batch, start, start + size))
+        start += size
+    return pieces
 
 
 def batch_signature(batch: Any) -> tuple:

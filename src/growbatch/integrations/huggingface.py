@@ -21,6 +21,7 @@ except ImportError as err:  # pragma: no cover - the extra is missing
 import torch
 from torch.utils.data import DataLoader
 
+from ..batching.microbatch import micro_batch_sizes
 from ..batching.sampler import DynamicBatchSampler
 from ..batching.scheduler import BatchSizeScheduler
 from ..batching.structure import batch_length, split_batch
@@ -168,7 +169,7 @@ class ScheduleTrainer(Trainer):
         if self.micro_batch_size is None and world_size == 1:
             return super().training_step(model, inputs, num_items_in_batch)
         length = batch_length(inputs, "inputs")
-        parts = split_batch(inputs, self.micro_batch_size or length, length)
+        parts = split_batch(inputs, micro_batch_sizes(length, self.micro_batch_size or length))
         items = [_items(p) for p in parts]
         # NOTE [micro weights]: each micro-batch's mean loss (num_items_in_batch=None, so no model divides by the
         # whole batch's items) weighted by its share of the global batch's labelled items, times the world size
