@@ -66,8 +66,9 @@ CONFIG_KEYS = ("schedule", "optimizer", "seed")
 PHASE_KEYS = ("start_epoch", "end_epoch", "lr", "batch_size")
 
 
-def load_runs(out: Path) -> list[dict]:
-    """Every run directory under ``out`` that has a config and at least one complete epoch.
+def load_runs(out: Path, record_keys: tuple[str, ...] = RECORD_KEYS) -> list[dict]:
+    """Every run directory under ``out`` that has a config and at least one complete epoch; every metrics line
+    must hold ``record_keys`` (a language model's lines have test_loss and tokens instead of test_acc).
 
     Raises:
         ValueError: a ``config.json`` or a metrics line lacks a field the report needs (naming both).
@@ -82,7 +83,7 @@ def load_runs(out: Path) -> list[dict]:
             continue
         config = _read_config(config_path)
         for line, record in enumerate(records, 1):
-            missing = [key for key in RECORD_KEYS if key not in record] if isinstance(record, dict) else ["all"]
+            missing = [key for key in record_keys if key not in record] if isinstance(record, dict) else ["all"]
             if missing:
                 raise ValueError(f"{metrics_path}: line {line} lacks {', '.join(missing)}; the metrics file is "
                                  "damaged: restore it, or train the run again (growbatch run ... --force)")
@@ -408,15 +409,14 @@ def build_report(out: Path) -> Path:
     out = Path(out)
     if not out.is_dir():
         raise ValueError(f"{out} is not a run directory (it does not exist); pass the --out of a growbatch run")
-    manifest_path = out / "experiment.json"
-    if manifest_path.exists() and json.loads(manifest_path.read_text()).get("experiment") == "lm":
+    experiment = _read_manifest(out)
+    if experiment.get("experiment") == "lm":
         from .report_lm import build_lm_report  # a language model's figures: loss against tokens (report_lm.py)
 
         return build_lm_report(out)
     runs = load_runs(out)
     _figures(runs, out)
     agg_head, agg, run_head, per_run = _tables(runs)
-    experiment = _read_manifest(out)
     name = experiment.get("experiment", "runs")
     title = f"growbatch: {name} on {experiment.get('dataset', runs[0]['config'].get('dataset', '?'))}"
     setting = ", ".join(f"{k}={v}" for k, v in settings_used(experiment, runs).items())

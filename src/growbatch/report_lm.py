@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .report import load_runs  # noqa: E402
+from .report import RECORD_KEYS, load_runs  # noqa: E402
 
 __all__ = ["build_lm_report", "aggregate_lm", "summary_table", "LM_FIGURES"]
 
@@ -27,6 +27,10 @@ LM_FIGURES = {
     "noise_scale.png": "Measured gradient noise scale B_simple (McCandlish et al. 2018) and the batch size used",
     "wall_time.png": "Wall time per run (mean over seeds)",
 }
+
+
+# what the lm report reads of each metrics line (NOTE in report.load_runs)
+LM_RECORD_KEYS = tuple(k for k in RECORD_KEYS if k != "test_acc") + ("test_loss", "tokens")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -170,7 +174,7 @@ def summary_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 def build_lm_report(out: Path) -> Path:
     """Write the figures, ``report.md`` and a self-contained ``report.html`` of an lm experiment; returns the HTML."""
     out = Path(out)
-    runs = load_runs(out)
+    runs = load_runs(out, LM_RECORD_KEYS)
     experiment = json.loads((out / "experiment.json").read_text()) if (out / "experiment.json").exists() else {}
     rows = aggregate_lm(runs)
     _curve_figure(runs, "tokens", "tokens", out / "val_loss_tokens.png")
