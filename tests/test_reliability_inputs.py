@@ -371,8 +371,11 @@ def _console_script() -> Path:
 
 def test_ctrl_c_while_torch_is_imported_is_one_line_and_130() -> None:
     for delay in (0.3, 0.15, 0.05):  # Python has started; torch is still being imported (about 1 to 3 s)
+        # SIGINT back to its default in the child: a shell's background job (as CI may run) ignores it, and
+        # Python installs its KeyboardInterrupt handler only where SIGINT is not ignored
         process = subprocess.Popen([str(_console_script()), "presets"], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+                                   stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(delay)
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
