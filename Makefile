@@ -12,15 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[test]"
-	# issue 18: TensorBoard for the --tensorboard tests; constraints.txt keeps torch at 2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[tensorboard]"
-	# issue 14: PyTorch Lightning for tests/test_lightning.py
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[lightning]"
-	# issue 14: Keras 3 for growbatch.integrations.keras (torch backend)
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[keras]"
-	# issue 14: transformers + accelerate for growbatch.integrations.huggingface
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[huggingface]"
+	# the test tools and every optional extra (TensorBoard; the Lightning, Keras 3 and Hugging Face
+	# integrations) in one resolve; constraints.txt keeps torch at the 2.13.0 CPU build
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,tensorboard,lightning,keras,huggingface]"
 	touch $(STAMP)
 
 # The paper's §5.1 comparison on the embedded digits data set (about a minute on 2 cores);

@@ -2,7 +2,7 @@
 torch's default (one thread per core), with one thread, and with growbatch's default (one per idle core), on an
 idle machine and beside a competing load (one process of matrix products per core), the variants interleaved.
 
-    python bench/bench_threads.py [--repeats 3] [--epochs 1]
+    python bench/bench_threads.py [--repeats 3] [--epochs 8]
 
 Each measurement is a ``growbatch run compare --schedules decay`` on digits at batch 16 (many small passes, where
 spinning threads hurt most) in a fresh process; its training time is the run's ``wall_s``. Prints JSON and writes
@@ -44,8 +44,7 @@ def measure(repeats: int, epochs: int, cores: int) -> dict[str, dict]:
         for name, threads in variants.items():
             seconds, note = train_seconds(threads, epochs)
             times[name].append(seconds)
-            if threads is None and note:
-                notes.add(note.splitlines()[0])
+            notes.update(line for line in note.splitlines() if threads is None and line.startswith("growbatch:"))
     return {name: {"median_s": statistics.median(t), "runs_s": t} for name, t in times.items()} | {
         "growbatch said": sorted(notes)}
 
@@ -53,7 +52,7 @@ def measure(repeats: int, epochs: int, cores: int) -> dict[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=8)
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     result = {"cores": cores, "idle": measure(args.repeats, args.epochs, cores)}
