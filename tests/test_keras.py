@@ -30,13 +30,7 @@ SCHEDULE = Schedule((Phase(0, 1.5, 0.1, 20, 0.9), Phase(1.5, 2, 0.05, 60, 0.9), 
 PLAN_UPDATES = 30 + (15 + 5) + 3  # 600/20, 300/20 + 300/60, 600/200
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Keras's small steps run 10x slower with torch's 2 threads on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:

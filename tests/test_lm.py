@@ -38,13 +38,7 @@ if not SHARED.exists():
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on 2 shared cores two OpenMP threads spin against the other processes (14x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # -- the corpus -------------------------------------------------------------------------------

@@ -137,13 +137,7 @@ def _one_error_line(err: str) -> str:
     return err.strip()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process runs on one thread too (faster on 2 busy cores); the thread count is restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
