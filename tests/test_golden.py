@@ -23,7 +23,7 @@ BEFORE_REDESIGN = "7276295"
 COMMAND = ["run", "compare", "--epochs", "3", "--micro-batch-size", "32", "--seeds", "0", "--workers", "1",
            "--no-progress"]
 RUNS = ("decay-momentum-seed0", "hybrid-momentum-seed0", "increase-momentum-seed0")
-ADDED_SINCE = {"gradient_noise_scale"}  # fields the metrics lines gained after the redesign
+ADDED_SINCE = {"gradient_noise_scale", "size_search_s"}  # fields the metrics lines gained after the redesign
 
 
 def _old_source(into: Path) -> Path:

@@ -17,7 +17,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 # batch 8 in micro-batches of 4: two per update in one process, so the noise scale is measured and checkpointed too
 ARGS = ["lm", "--tokens", "8192", "--epochs", "2", "--seq-len", "16", "--batch-size", "8", "--max-batch-size", "32",
         "--no-progress", "--device", "cpu"]
-TIMING_FIELDS = ("wall_s", "allreduce_s", "allreduces")
+TIMING_FIELDS = ("wall_s", "allreduce_s", "allreduces", "size_search_s")
 
 
 def _env() -> dict[str, str]:

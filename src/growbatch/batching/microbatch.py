@@ -157,6 +157,7 @@ class MicroBatcher:
         # a trailing micro-batch of one sample joins the one before it (the gradient is the same sum)
         self._folds_single_sample = any(isinstance(m, nn.BatchNorm1d) for m in self.module.modules())
         self._searches: dict[tuple, SizeSearch] = {}
+        self.search_s = 0.0  # seconds spent timing candidate sizes for "auto" (no update; kept out of wall_s)
         self._restored: dict[tuple, dict] = {}  # searches from load_state_dict, not used yet
         self._synchronising = False  # True during a DDP model's last (all-reducing) micro-batch
 
@@ -316,11 +317,15 @@ class MicroBatcher:
         if self.micro_batch_size != "auto":
             return min(self.micro_batch_size, length)
         key = _signature(inputs, self)
-        if key not in self._searches:
-            self._searches[key] = self._new_search(inputs, targets, length)
-            if key in self._restored:
-                self._searches[key].load_state_dict(self._restored.pop(key))
-        return self._searches[key].choose(length, lambda size: self._measure(inputs, targets, size))
+        started = time.perf_counter()
+        try:
+            if key not in self._searches:
+                self._searches[key] = self._new_search(inputs, targets, length)
+                if key in self._restored:
+                    self._searches[key].load_state_dict(self._restored.pop(key))
+            return self._searches[key].choose(length, lambda size: self._measure(inputs, targets, size))
+        finally:  # the estimate and the timed passes; choosing among sizes already timed costs microseconds
+            self.search_s += time.perf_counter() - started
 
     def _new_search(self, inputs: Any, targets: Any, length: int) -> SizeSearch:
         step = self.ghost_batch_size or 1

@@ -80,7 +80,8 @@ class TrainerState:
     epoch: int = 0
     updates: int = 0
     samples: int = 0
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # training and evaluation, without size_search_s
+    size_search_s: float = 0.0  # timing micro-batch sizes for "auto" (NOTE [honest wall time])
     tally: EpochTally = field(default_factory=EpochTally)
     records: list[dict] = field(default_factory=list)
     last_epoch: int = 0  # of the latest update, for messages
@@ -146,6 +147,7 @@ class Trainer:
                                   autocast_dtype=torch.bfloat16 if info.device.type == "cuda" else None,
                                   noise_scale=self.noise_scale, split_for_noise_scale=mode == "split")
         self.state = TrainerState(last_lr=self.scheduler.get_last_lr()[0])
+        self._search_seen = 0.0  # of micro.search_s, already moved into state.size_search_s
         self.schedule = config.schedule  # as realised so far: an adaptive run extends it after every epoch
 
     # -- state --------------------------------------------------------------------------
@@ -161,7 +163,8 @@ class Trainer:
             "micro": self.micro.state_dict(), "allreduce": self.allreduce.state_dict(),
             "noise_scale": self.noise_scale and self.noise_scale.state_dict(), "rng": capture_rng(),
             "counters": {"epoch": state.epoch, "updates": state.updates, "samples": state.samples,
-                         "wall_s": state.wall_s, "last_epoch": state.last_epoch, "last_lr": state.last_lr,
+                         "wall_s": state.wall_s, "size_search_s": state.size_search_s,
+                         "last_epoch": state.last_epoch, "last_lr": state.last_lr,
                          "last_batch_size": state.last_batch_size},
             "tally": {"loss_sum": totals[0], "samples": int(totals[1]), "sums": dict(zip(keys, totals[2:])),
                       "micro_batch_size": tally.micro_batch_size},
@@ -268,13 +271,21 @@ class Trainer:
                 self.observer.update_done(self)
             requested = bool(sum_over_ranks([float(self.stop.requested)], self.info.device)[0])
             if requested or (every and self.state.updates % every == 0):
-                self.state.wall_s += time.perf_counter() - started
+                self._count_time(started)
                 started = time.perf_counter()
                 checkpoint()
                 if requested:
                     raise Interrupted(f"run {self.config.name} stopped by {self.stop.signal_name or 'request'} after "
                                       f"update {self.state.updates} in epoch {self._epoch_text(self.state.epoch)}")
         return started
+
+    def _count_time(self, since: float) -> None:
+        """Add the time since ``since`` to the counters. NOTE [honest wall time]: the one-time timing of
+        micro-batch sizes ("auto") goes to ``size_search_s``, not ``wall_s``. Otherwise whichever run searched
+        first would be charged for it, and the wall-time bars would be biased against the schedule run first."""
+        searched, self._search_seen = self.micro.search_s - self._search_seen, self.micro.search_s
+        self.state.wall_s += time.perf_counter() - since - searched
+        self.state.size_search_s += searched
 
     def end_epoch(self, since: float) -> dict:
         """Evaluate, close the epoch's record (wall time counted from ``since``) and move to the next epoch."""
@@ -283,7 +294,7 @@ class Trainer:
         test = self.task.evaluate(self.ddp_model, self.config, self.info)
         self.ddp_model.train()
         state, tally = self.state, self.state.tally
-        state.wall_s += time.perf_counter() - since  # training and evaluation of this epoch
+        self._count_time(since)  # training and evaluation of this epoch
         keys = sorted(tally.sums)
         loss_total, count, *sums = sum_over_ranks(
             [tally.loss_sum, float(tally.samples), *(tally.sums[k] for k in keys)], self.info.device)
@@ -295,6 +306,7 @@ class Trainer:
             **self.task.train_metrics(loss_total, dict(zip(keys, sums)), int(count)), **test,
             "allreduces": self.allreduce.count, "allreduce_s": round(self.allreduce.seconds, 6),
             "micro_batch_size": tally.micro_batch_size, "gradient_noise_scale": self.noise_scale and self.noise_scale.value,
+            "size_search_s": round(state.size_search_s, 4),
         }
         state.records.append(record)
         state.epoch += 1
