@@ -21,12 +21,16 @@ class ProgressObserver:
             terminal: CI, a log file).
     """
 
-    def __init__(self, bars: bool = True) -> None:
+    def __init__(self, bars: bool = True, note: str | None = None) -> None:
         self.bars = bars and sys.stderr.isatty()
         self._bar: Any = None
+        self._note = note  # printed once, as training starts (not before an error in the settings)
 
     def epoch_started(self, run: RunConfig, epoch: int, updates_in_epoch: int) -> None:
         self._close()
+        if self._note:
+            print(self._note, file=sys.stderr)
+            self._note = None
         if self.bars:
             from tqdm import tqdm
 

@@ -137,11 +137,9 @@ def _run(args: argparse.Namespace) -> int:
     stop = StopFlag()
     previous_handlers = _install_stop_handlers(stop)
     note = choose_threads(args.workers)  # NOTE [threads under load] in training/threads.py; undone in finally
-    if note and info.is_main:
-        print(note, file=sys.stderr)
     in_step = False  # True where every rank ends the same way at the same point (then they leave together)
     try:
-        _train_and_report(args, config, out, info, stop)
+        _train_and_report(args, config, out, info, stop, note)
         in_step = True
     except Interrupted as err:
         in_step = True
@@ -174,13 +172,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _train_and_report(args: argparse.Namespace, config: ExperimentConfig, out: Path, info: DistInfo,
-                      stop: StopFlag) -> None:
-    """Train the experiment into ``out``, then (on rank 0) write the report and print its path."""
+                      stop: StopFlag, note: str | None) -> None:
+    """Train the experiment into ``out``, then (on rank 0) write the report and print its path; ``note`` (the
+    thread count chosen) is printed as the first epoch starts."""
     if args.resume and info.is_main and (not out.exists() or out.is_dir() and not any(out.iterdir())):
         # NOTE [resume fresh]: `growbatch run --resume` is the idempotent command (make demo): with nothing
         # to continue it starts the experiment, but says so, since a mistyped --out looks the same
         print(f"growbatch: --out {out} holds no experiment to resume; --resume starts it fresh", file=sys.stderr)
-    observer = ProgressObserver(bars=not args.no_progress) if info.is_main else None
+    observer = ProgressObserver(bars=not args.no_progress, note=note) if info.is_main else None
     if config.experiment == "lm":  # a text corpus, the LanguageModelTask (training/lm.py)
         summary = run_lm_experiment(config, out, info=info, resume=args.resume, force=args.force, stop=stop,
                                     observer=observer)
