@@ -310,7 +310,7 @@ def test_the_custom_loop_example_runs_its_schedule() -> None:
 
 def test_the_auto_micro_batch_search_is_timed_apart_from_wall_s(tmp_path: Path) -> None:
     """NOTE [honest wall time]: timing candidate micro-batch sizes is size_search_s, not the run's wall_s."""
-    for flags, name in ((["--micro-batch-size", "auto"], "auto"), (["--micro-batch-size", "64"], "fixed")):
+    for flags, name in ((["--micro-batch-size", "auto"], "auto"), (["--micro-batch-size", "128"], "fixed")):
         out = tmp_path / name
         started = time.perf_counter()
         assert main(["run", "--epochs", "1", "--schedules", "decay", "--batch-size", "128", "--workers", "1",
