@@ -25,9 +25,9 @@ DOC_FIGURES = ("schedules.png", "test_acc_epochs.png", "test_acc_updates.png")  
 
 
 def _summarize_lm(out: Path, summary: dict) -> str:
-    from growbatch.report_lm import aggregate_lm, summary_table
+    from growbatch.report_lm import LM_RECORD_KEYS, aggregate_lm, summary_table
 
-    head, rows = summary_table(aggregate_lm(load_runs(out)))
+    head, rows = summary_table(aggregate_lm(load_runs(out, LM_RECORD_KEYS)))
     return "\n".join([f"### {out.name}: lm, {summary['model']} on {summary['dataset']} ({summary['tokens']:,} tokens "
                       f"per run, sequences of {summary['seq_len']})", "", _table(head, rows), ""])
 
