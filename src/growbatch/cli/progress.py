@@ -44,9 +44,10 @@ class ProgressObserver:
             return
         state, tally = trainer.state, trainer.state.tally
         loss = tally.loss_sum / tally.samples if tally.samples else float("nan")
-        # refresh=False: the bar redraws at its own rate, not once per update
+        # drawn at the epoch's first update (an epoch shorter than tqdm's redraw interval shows its values
+        # too), then at the bar's own rate, not once per update
         self._bar.set_postfix_str(f"lr={state.last_lr:.4g} batch={state.last_batch_size} loss={loss:.4f}",
-                                  refresh=False)
+                                  refresh=self._bar.n == 0)
         self._bar.update(1)
 
     def epoch_ended(self, run: RunConfig, record: dict) -> None:
