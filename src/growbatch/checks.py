@@ -46,6 +46,12 @@ def check_momentum(momentum: float, name: str = "momentum") -> float:
     return momentum
 
 
+def check_optional_momentum(momentum: float | None) -> float | None:
+    """A schedule's momentum (SGD's, or Adam's beta1), checked; None keeps the optimizer's own
+    (NOTE [optimizer values] in schedule/schedule.py)."""
+    return None if momentum is None else check_momentum(momentum)
+
+
 def check_count(name: str, value: object) -> int:
     """Return ``value`` if it is a positive int (a size, a number of epochs); bools are refused."""
     if isinstance(value, bool) or not isinstance(value, int):

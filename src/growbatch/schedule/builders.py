@@ -21,7 +21,7 @@ from ..checks import (
     check_dataset_size,
     check_factor,
     check_lr,
-    check_momentum,
+    check_optional_momentum,
 )
 from .noise import batch_size_for_noise_ratio
 from .schedule import Phase, Schedule
@@ -166,7 +166,7 @@ def step_schedule(
         raise ValueError(f"exact=True keeps the exact g = lr/(1-m)*(N/B-1), which is the linear rule's; "
                          f"rule={rule!r} cannot be combined with it")
     lr = check_lr(lr)
-    momentum = None if momentum is None else check_momentum(momentum)
+    momentum = check_optional_momentum(momentum)
     n = check_dataset_size(dataset_size)
     epochs = check_count("epochs", epochs)
     check_batch_size(batch_size, n)
@@ -227,7 +227,7 @@ def from_lr_function(
     n = check_dataset_size(dataset_size)
     epochs = check_count("epochs", epochs)
     check_batch_size(batch_size, n)
-    momentum = None if momentum is None else check_momentum(momentum)
+    momentum = check_optional_momentum(momentum)
     cap = _check_cap(max_batch_size, batch_size, n)
     for arg, value in (("batch_size_multiple", batch_size_multiple), ("points_per_epoch", points_per_epoch)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..checks import check_batch_size, check_count, check_lr, check_momentum
+from ..checks import check_batch_size, check_count, check_lr, check_optional_momentum
 from .builders import warmup_stable_decay_lr
 from .schedule import Phase, Schedule
 
@@ -139,12 +139,6 @@ def _points(epochs: int, points_per_epoch: int) -> list[float]:
     return [k / points_per_epoch for k in range(epochs * points_per_epoch)]
 
 
-def _momentum(momentum: float | None) -> float | None:
-    """A schedule's momentum (SGD's, or Adam's beta1), checked; None keeps the optimizer's own
-    (NOTE [optimizer values])."""
-    return None if momentum is None else check_momentum(momentum)
-
-
 def _lr_points(lr_fn: Callable[[float], float], epochs: int,
                points_per_epoch: int) -> Iterator[tuple[float, float, float]]:
     """(epoch t, lr(t), the peak lr so far) at each point of the grid; an lr that is not positive is refused."""
@@ -173,7 +167,7 @@ def _schedule(rows: list[tuple[float, float, int]], epochs: int, n: int, momentu
 def fixed_batch(lr_fn: Callable[[float], float], *, batch_size: int, clock: TokenClock,
                 momentum: float | None = None, points_per_epoch: int = 16, name: str = "decay") -> Schedule:
     """The lr schedule as LLM trainers run it: ``lr_fn`` sampled ``points_per_epoch`` times an epoch, one batch."""
-    n, momentum = clock.sequences_per_epoch, _momentum(momentum)
+    n, momentum = clock.sequences_per_epoch, check_optional_momentum(momentum)
     check_batch_size(batch_size, n)
     rows = [(t, float(lr_fn(t)), batch_size) for t in _points(clock.epochs, points_per_epoch)]
     return _schedule(rows, clock.epochs, n, momentum, name)
@@ -198,7 +192,7 @@ def convert_at_equal_noise(lr_fn: Callable[[float], float], *, batch_size: int, 
     """
     if rule not in ("linear", "sqrt"):
         raise ValueError(f"rule should be linear or sqrt (seesaw has its own builder), but got rule={rule!r}")
-    n, momentum = clock.sequences_per_epoch, _momentum(momentum)
+    n, momentum = clock.sequences_per_epoch, check_optional_momentum(momentum)
     _check_cap(batch_size, max_batch_size, n)
     power = 1 if rule == "linear" else 2
     top = max_batch_size - max_batch_size % batch_size_multiple
@@ -217,7 +211,7 @@ def seesaw(lr_fn: Callable[[float], float], *, batch_size: int, max_batch_size: 
            momentum: float | None = None, points_per_epoch: int = 16, name: str = "seesaw") -> Schedule:
     """Seesaw (Meterez et al. 2025): wherever the lr schedule has halved k times, the batch is B0·2^k and the
     lr M/sqrt(2)^k; past ``max_batch_size`` the lr follows lr(t)·sqrt(cap/B0) (the sqrt rule)."""
-    n, momentum = clock.sequences_per_epoch, _momentum(momentum)
+    n, momentum = clock.sequences_per_epoch, check_optional_momentum(momentum)
     _check_cap(batch_size, max_batch_size, n)
     rows = []
     for t, lr_t, peak in _lr_points(lr_fn, clock.epochs, points_per_epoch):
@@ -254,7 +248,7 @@ def rampup_batches(start: int, increment: int, ramp_samples: int, final: int) ->
 def with_batches(lr_fn: Callable[[float], float], steps: list[tuple[float, int]], *, clock: TokenClock,
                  momentum: float | None = None, points_per_epoch: int = 16, name: str = "rampup") -> Schedule:
     """The lr schedule as sampled by :func:`fixed_batch`, with the batch stepping at ``steps`` ((epoch, batch))."""
-    n, momentum = clock.sequences_per_epoch, _momentum(momentum)
+    n, momentum = clock.sequences_per_epoch, check_optional_momentum(momentum)
     for _, batch in steps:
         check_batch_size(batch, n)
     starts = sorted(set(_points(clock.epochs, points_per_epoch)) | {e for e, _ in steps if e < clock.epochs})

@@ -71,9 +71,9 @@ def choose_threads(workers: int | None) -> str | None:
         return None
     cores, idle = torch.get_num_threads(), idle_cores()
     _automatic = idle is not None
-    if idle is None or threads_for(cores, idle) == cores:
+    threads = cores if idle is None else threads_for(cores, idle)
+    if threads == cores:
         return None
-    threads = threads_for(cores, idle)
     torch.set_num_threads(threads)
     return (f"growbatch: other work leaves {idle:.1f} cores idle: training with {threads} thread"
             f"{'s' * (threads > 1)} instead of {cores} (--workers N chooses)")
