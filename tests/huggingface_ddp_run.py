@@ -12,6 +12,7 @@ import test_huggingface as th  # noqa: E402
 import transformers  # noqa: E402
 
 from growbatch.schedule import Phase, Schedule  # noqa: E402
+from growbatch.training.distributed import teardown  # noqa: E402
 
 out = sys.argv[1]
 odd = Schedule((Phase(0, 1, 0.1, 25, 0.9), Phase(1, 2, 0.1, 75, 0.9)), dataset_size=th.N)  # shares 13/12, 38/37
@@ -26,3 +27,7 @@ trainer.train()
 rank = int(os.environ.get("RANK", 0))
 torch.save({"updates": trainer.state.global_step, "samples": sum(map(len, model.trained)),
             "weights": model.state_dict()}, os.path.join(out, f"rank{rank}.pt"))
+# The Trainer's DDP wrapper holds the gloo group; left to interpreter exit it can abort the process
+# ("terminate called without an active exception"): drop it and leave the group in step (NOTE [teardown]).
+del trainer
+teardown()

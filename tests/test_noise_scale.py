@@ -13,7 +13,7 @@ from torch import nn
 
 from growbatch import MicroBatcher, convert_to_ghost_batch_norm
 from growbatch.batching.noise_scale import GradientNoiseScale
-from growbatch.training.distributed import AllReduceStats, DistInfo, wrap_ddp
+from growbatch.training.distributed import AllReduceStats, DistInfo, teardown, wrap_ddp
 
 DIMENSION, NOISE = 10, 2.0
 
@@ -119,8 +119,8 @@ def _estimate(rank: int, world_size: int, port: int, queue) -> None:
         micro.backward(x[share], y[share], global_batch_size=64, world_size=world_size)
     if rank == 0:
         queue.put((gns.value, gns.gradient_sq, gns.trace, gns.updates))
-    if world_size > 1:
-        dist.destroy_process_group()
+    del micro, wrapped  # the DDP wrapper holds the gloo group: drop it before leaving (NOTE [teardown])
+    teardown()
 
 
 @pytest.mark.slow
