@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from growbatch.models import MODEL_NAMES, DigitsCNN, MnistCNN, ResNet18, WideResNet, build_model
+from growbatch.models import MODEL_NAMES, DigitsCNN, MnistCNN, ResNet18, ResNet20, WideResNet, build_model
 
 # name, in_channels, image_size, parameters for 10 classes
 MODELS = [
@@ -14,6 +14,7 @@ MODELS = [
     ("mnist-cnn", 1, 28, 1_663_978),
     ("wrn-16-4", 3, 32, 2_748_890),
     ("resnet18", 3, 32, 11_173_962),
+    ("resnet20", 3, 32, 269_722),
 ]
 
 
@@ -36,8 +37,31 @@ def wrn_parameters(depth: int, width: int, in_channels: int, num_classes: int) -
     return total + 2 * channels[3] + channels[3] * num_classes + num_classes  # final BN + classifier
 
 
+def resnet20_parameters(in_channels: int, num_classes: int) -> int:
+    """ResNet-20's count from He et al. section 4.2 (3 stages of 3 blocks, 16/32/64, parameter-free shortcuts)."""
+    total, previous = in_channels * 16 * 9 + 2 * 16, 16  # stem conv + BN
+    for channels in (16, 32, 64):
+        for _ in range(3):
+            total += 9 * previous * channels + 9 * channels * channels + 4 * channels
+            previous = channels
+    return total + 64 * num_classes + num_classes
+
+
 def test_model_names():
-    assert MODEL_NAMES == ("cnn", "mnist-cnn", "wrn-16-4", "resnet18")
+    assert MODEL_NAMES == ("cnn", "mnist-cnn", "wrn-16-4", "resnet18", "resnet20")
+
+
+def test_resnet20_counts_and_padded_shortcuts():
+    """The count follows from the paper's definition; a stage's first block passes the subsampled input on."""
+    assert parameter_count(build_model("resnet20", in_channels=3, num_classes=10, image_size=32)) == \
+        resnet20_parameters(3, 10)
+    assert parameter_count(build_model("resnet20", in_channels=1, num_classes=7, image_size=28)) == \
+        resnet20_parameters(1, 7)
+    block = build_model("resnet20", in_channels=3, num_classes=10, image_size=32).stages[1][0]
+    inputs = torch.randn(2, 16, 8, 8)
+    passed = block.shortcut(inputs)
+    assert passed.shape == (2, 32, 4, 4)
+    assert torch.equal(passed[:, 8:24], inputs[:, :, ::2, ::2]) and not passed[:, :8].any() and not passed[:, 24:].any()
 
 
 @pytest.mark.parametrize("name, in_channels, image_size, parameters", MODELS)
@@ -52,7 +76,7 @@ def test_output_shape_and_parameter_count(name, in_channels, image_size, paramet
 
 def test_classes_behind_the_names():
     kinds = [type(build_model(name, in_channels=c, num_classes=10, image_size=s)) for name, c, s, _ in MODELS]
-    assert kinds == [DigitsCNN, MnistCNN, WideResNet, ResNet18]
+    assert kinds == [DigitsCNN, MnistCNN, WideResNet, ResNet18, ResNet20]
 
 
 @pytest.mark.parametrize("depth, width", [(16, 4), (10, 1), (22, 2), (16, 8)])
@@ -113,7 +137,7 @@ def test_same_seed_same_model(name, in_channels, image_size, parameters):
 
 @pytest.mark.parametrize("name, in_channels, image_size", [
     ("cnn", 1, 4), ("cnn", 3, 32), ("mnist-cnn", 1, 4), ("mnist-cnn", 3, 32), ("wrn-16-4", 1, 4), ("wrn-16-4", 1, 28),
-    ("wrn-16-4", 1, 8), ("resnet18", 1, 8), ("resnet18", 1, 28),
+    ("wrn-16-4", 1, 8), ("resnet18", 1, 8), ("resnet18", 1, 28), ("resnet20", 1, 4), ("resnet20", 1, 28),
 ])
 def test_every_supported_size_runs(name, in_channels, image_size):
     model = build_model(name, in_channels=in_channels, num_classes=10, image_size=image_size)
@@ -160,9 +184,9 @@ def test_ghost_batch_norm_replaces_every_batch_norm(name, in_channels, image_siz
 
 @pytest.mark.parametrize("call, error, message", [
     (lambda: build_model("vgg16", in_channels=3, num_classes=10, image_size=32), ValueError,
-     r"unknown model 'vgg16'; valid names: cnn, mnist-cnn, wrn-16-4, resnet18"),
+     r"unknown model 'vgg16'; valid names: cnn, mnist-cnn, wrn-16-4, resnet18, resnet20"),
     (lambda: build_model(None, in_channels=3, num_classes=10, image_size=32), TypeError,
-     r"name should be a str, one of cnn, mnist-cnn, wrn-16-4, resnet18, but got NoneType"),
+     r"name should be a str, one of cnn, mnist-cnn, wrn-16-4, resnet18, resnet20, but got NoneType"),
     (lambda: build_model("cnn", in_channels=1, num_classes=10, image_size=10), ValueError,
      r"image_size should be a multiple of 4 for the cnn model \(two 2x2 max-pools\), but got image_size=10; use 8"),
     (lambda: build_model("mnist-cnn", in_channels=1, num_classes=10, image_size=30), ValueError,

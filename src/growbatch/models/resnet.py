@@ -1,7 +1,10 @@
-"""ResNet-18 (He et al., CVPR 2016) adapted to 32 x 32 images: a 3 x 3 stem with stride 1 and no max-pool.
+"""ResNets of He et al. (CVPR 2016) for 32 x 32 images: ResNet-18 and the paper's own CIFAR ResNet-20.
 
-Four stages of two basic blocks (64, 128, 256, 512 channels; strides 1, 2, 2, 2), global average
-pooling and a linear classifier: 11.17M parameters for 10 classes, as commonly used on CIFAR-10.
+ResNet-18 adapted to CIFAR: a 3 x 3 stem with stride 1 and no max-pool, four stages of two basic blocks
+(64, 128, 256, 512 channels; strides 1, 2, 2, 2), global average pooling and a linear classifier:
+11.17M parameters for 10 classes. ResNet-20 is the network of the paper's section 4.2: three stages of
+three basic blocks (16, 32, 64 channels), identity shortcuts that zero-pad the new channels (option A):
+0.27M parameters, about 41M multiply-adds per image, small enough to train on all of CIFAR-10 on a CPU.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from torch import nn
 
 from ..checks import check_positive_int
 
-__all__ = ["ResNet18"]
+__all__ = ["ResNet18", "ResNet20"]
 
 _MIN_IMAGE_SIZE = 8  # three stride-2 stages: 8 x 8 -> 1 x 1
 _STAGE_CHANNELS = (64, 128, 256, 512)
@@ -36,6 +39,19 @@ class _BasicBlock(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         residual = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(inputs)))))
         return torch.relu(residual + self.shortcut(inputs))
+
+
+class _PaddedShortcut(nn.Module):
+    """Option A of He et al.: the input subsampled by ``stride`` and its new channels zero (no parameters)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.stride, self.extra = stride, out_channels - in_channels
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        subsampled = inputs[:, :, ::self.stride, ::self.stride]
+        half = self.extra // 2
+        return nn.functional.pad(subsampled, (0, 0, 0, 0, half, self.extra - half))
 
 
 class ResNet18(nn.Module):
@@ -74,6 +90,59 @@ class ResNet18(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.classifier = nn.Linear(_STAGE_CHANNELS[-1], num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        features = self.stages(self.stem(inputs))
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1))
+
+
+_RESNET20_CHANNELS = (16, 32, 64)
+_RESNET20_BLOCKS = 3  # depth 6 * 3 + 2 = 20
+
+
+class ResNet20(nn.Module):
+    """ResNet-20 of He et al. 2016, section 4.2, for 32 x 32 images (three stride-1/2/2 stages of 16/32/64).
+
+    Args:
+        num_classes: outputs (logits).
+        in_channels: channels of the input images.
+        image_size: height = width of the inputs, at least 4 (two stride-2 stages); 32 for CIFAR.
+
+    Raises:
+        TypeError: a non-integer argument.
+        ValueError: a non-positive argument, or image_size < 4.
+
+    Example:
+        >>> sum(p.numel() for p in ResNet20().parameters())
+        269722
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> None:
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("image_size", image_size)
+        if image_size < 4:
+            raise ValueError(f"image_size should be at least 4 for resnet20 (two stride-2 stages), "
+                             f"but got image_size={image_size}; use the cnn model for smaller images")
+        super().__init__()
+        first = _RESNET20_CHANNELS[0]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, first, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(first), nn.ReLU(inplace=True))
+        stages, previous = [], first
+        for channels, stride in zip(_RESNET20_CHANNELS, (1, 2, 2)):
+            blocks = []
+            for index in range(_RESNET20_BLOCKS):
+                block = _BasicBlock(previous, channels, stride if index == 0 else 1)
+                if previous != channels or (index == 0 and stride != 1):
+                    block.shortcut = _PaddedShortcut(previous, channels, stride)
+                blocks.append(block)
+                previous = channels
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.classifier = nn.Linear(previous, num_classes)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
