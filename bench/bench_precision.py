@@ -167,6 +167,20 @@ def flops_part(rounds: int, updates: int = 8) -> dict:
             "exact_after_updates": EXACT_UPDATES, "variants": rows}
 
 
+def time_by_op(updates: int = 5, top: int = 8) -> list[dict]:
+    """Where the baseline fp32 update of the MNIST CNN spends its time: the ops with the most self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+    trainee = Trainee("mnist-cnn", FLOPS_BATCH)
+    trainee.update()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(updates):
+            trainee.update()
+    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"op": e.key, "share": round(e.self_cpu_time_total / total, 3),
+             "ms_per_update": round(e.self_cpu_time_total / 1e3 / updates, 2)} for e in events[:top]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("precision", "flops", "both"), default="both")
@@ -179,6 +193,7 @@ def main() -> None:
         result["precision"] = precision_part(args.rounds)
     if args.part in ("flops", "both"):
         result["flops"] = flops_part(args.rounds)
+        result["flops"]["baseline_time_by_op"] = time_by_op()
     result["machine"]["load_average_after"] = os.getloadavg()
     print(json.dumps(result, indent=2))
 
