@@ -17,7 +17,7 @@ from ..models.gpt import GPT, gpt_config
 from ..schedule.schedule import Schedule
 from .distributed import DistInfo, sum_over_ranks
 from .settings import RunConfig
-from .task import MetricSums, Task
+from .task import MetricSums, Task, evaluation_autocast
 
 __all__ = ["LanguageModelTask"]
 
@@ -73,8 +73,7 @@ class LanguageModelTask(Task):
         step = EVAL_SEQUENCES_PER_PASS
         offsets = torch.arange(self.seq_len + 1)
         loss_sum = 0.0
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=info.device.type == "cuda")
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), evaluation_autocast(config, info.device):  # NOTE [precision] in task.py
             for i in range(start, stop, step):
                 rows = torch.arange(i, min(stop, i + step))
                 starts = rows * self._eval_stride * self.seq_len

@@ -22,12 +22,13 @@ from ..schedule.builders import RULES
 from ..schedule.schedule import Schedule
 from ..schedule.tokens import LR_SCHEDULES, parse_batch_schedule, parse_rampup, parse_tokens
 
-__all__ = ["OPTIMIZERS", "EXPERIMENTS", "RunSettings", "ExperimentConfig", "RunConfig", "setting", "flag_settings",
+__all__ = ["OPTIMIZERS", "EXPERIMENTS", "PRECISIONS", "RunSettings", "ExperimentConfig", "RunConfig", "setting", "flag_settings",
            "compatible_keys", "positive_int", "int_list", "bounded_float", "name_list", "micro_batch_size_text"]
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 EXPERIMENTS = ("compare", "paper-5.2", "lm")
 NOISE_SCALE_MODES = ("free", "split", "off")
+PRECISIONS = ("fp32", "bf16")  # NOTE [precision] in training/task.py
 SCHEDULES = {"compare": ("decay", "hybrid", "increase", "adaptive"),  # adaptive only when --schedules names it
              "paper-5.2": ("original", "increase", "increase-lr", "increase-momentum"),
              "lm": ("decay", "converted", "seesaw", "rampup", "steps")}  # steps only with --batch-schedule
@@ -144,6 +145,10 @@ class RunSettings:
                                           parse=micro_batch_size_text)
     device: str = setting("auto", "where to train", choices=("auto", "cpu", "cuda"), resume="free", manifest=False)
     channels_last: bool = setting(False, "channels-last memory format for images")
+    precision: str = setting(
+        "fp32", "arithmetic of the forward passes and the loss, in training and evaluation: fp32 (float32 throughout; "
+        "resumes are bit-identical) or bf16 (torch.autocast to bfloat16 on the CPU or CUDA; weights, gradients and "
+        "the optimizer stay float32)", choices=PRECISIONS)
     checkpoint_every: int | None = setting(None, "also checkpoint every K updates", parse=positive_int,
                                            resume="free", manifest=False)
     noise_scale: str = setting(
@@ -163,6 +168,8 @@ class RunSettings:
             object.__setattr__(self, "dataset", "text" if self.text_file is not None else "digits")
         if self.dataset not in ALL_DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(ALL_DATASETS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         check_number("weight_decay", self.weight_decay)
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay should be >= 0, but got weight_decay={self.weight_decay}")

@@ -22,9 +22,27 @@ from ..schedule.schedule import Schedule
 from .distributed import DistInfo, sum_over_ranks
 from .settings import RunConfig
 
-__all__ = ["Task", "TrainLoader", "ClassificationTask", "MetricSums"]
+__all__ = ["Task", "TrainLoader", "ClassificationTask", "MetricSums", "autocast_dtype", "evaluation_autocast"]
 
 MetricSums = dict[str, torch.Tensor]
+# NOTE [precision]: --precision is a run setting, the same on every device, so a run's numbers depend on
+# its settings and not on where it runs. fp32 runs no autocast at all (the float32 kernels, bit-identical
+# resumes); bf16 runs the forward passes and the loss under torch.autocast (CPU or CUDA) to bfloat16, with
+# weights, gradients and optimizer state in float32. A checkpoint continues only with its own precision.
+_AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a ``--precision`` value: None for fp32, ``torch.bfloat16`` for bf16."""
+    if precision not in _AUTOCAST_DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(_AUTOCAST_DTYPES)}")
+    return _AUTOCAST_DTYPES[precision]
+
+
+def evaluation_autocast(config: RunConfig, device: torch.device) -> torch.autocast:
+    """The autocast context of a run's evaluation passes on ``device`` (disabled for fp32)."""
+    dtype = autocast_dtype(config.settings.precision)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 class TrainLoader(Protocol):
@@ -123,9 +141,7 @@ class ClassificationTask(Task):
         start, stop = n * info.rank // info.world_size, n * (info.rank + 1) // info.world_size
         loss_sum, correct = 0.0, 0
         step = config.settings.eval_batch_size
-        # NOTE [bf16]: on CUDA the forward passes run under bf16 autocast; the CPU stays in float32 (exact resumes)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=info.device.type == "cuda")
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), evaluation_autocast(config, info.device):  # NOTE [precision]
             for i in range(start, stop, step):
                 j = min(stop, i + step)
                 out = model(self._normalize(x_test[i:j].to(info.device)))

@@ -30,7 +30,7 @@ from .distributed import (
     wrap_ddp,
 )
 from .settings import RunConfig
-from .task import Task
+from .task import Task, autocast_dtype
 from .threads import follows_checkpoint
 
 __all__ = ["Trainer", "TrainerState", "EpochTally", "Observer", "StopFlag", "DivergenceError", "Interrupted",
@@ -141,10 +141,9 @@ class Trainer:
         self.noise_scale = GradientNoiseScale(self.model) if mode != "off" else None
         self.allreduce = AllReduceStats()
         self.ddp_model = wrap_ddp(self.model, info, self.allreduce)
-        # NOTE [bf16]: on CUDA the forward passes run under bf16 autocast; the CPU stays in float32 (exact resumes)
         self.micro = MicroBatcher(self.ddp_model, loss=task.loss, micro_batch_size=config.settings.micro_batch_size,
                                   device=info.device,
-                                  autocast_dtype=torch.bfloat16 if info.device.type == "cuda" else None,
+                                  autocast_dtype=autocast_dtype(config.settings.precision),  # NOTE [precision]
                                   noise_scale=self.noise_scale, split_for_noise_scale=mode == "split")
         self.state = TrainerState(last_lr=self.scheduler.get_last_lr()[0])
         self._search_seen = 0.0  # of micro.search_s, already moved into state.size_search_s
