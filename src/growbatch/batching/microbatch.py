@@ -22,11 +22,11 @@ from .ghost_bn import check_ghost_batch_size, largest_ghost_batch_size
 from .microbatch_size import (
     FIRST_CANDIDATE,
     MEMORY_FRACTION,
-    TIMED_STEPS,
     SizeSearch,
     available_memory_bytes,
     estimate_training_memory,
     largest_micro_batch_size,
+    window_throughput,
 )
 from .noise_scale import GradientNoiseScale
 from .structure import batch_length, batch_signature, map_tensors, slice_batch, split_batch
@@ -82,8 +82,8 @@ class MicroBatcher:
         loss: the general form, for any task (a ``growbatch.training.Task``'s ``loss``):
             ``loss(model, inputs, targets)`` -> (the mean loss over the micro-batch, a dict of metric
             sums over its samples as tensors); the sums are added up over the micro-batches.
-        micro_batch_size: samples per forward pass, or ``"auto"``: the fastest measured size that fits
-            the memory budget (see ``growbatch.batching.microbatch_size.SizeSearch``), measured once per input
+        micro_batch_size: samples per forward pass, or ``"auto"``: the largest measured size within 5% of
+            the fastest that fits the memory budget (see ``growbatch.batching.microbatch_size.SizeSearch``), measured once per input
             shape, dtype and device and extended when the local batch grows. In "auto", running out of
             memory (``torch.OutOfMemoryError``) halves the size and redoes the update from the start:
             gradients are reset to None and buffers restored first, so nothing is counted twice.
@@ -346,28 +346,28 @@ class MicroBatcher:
         return SizeSearch(step, limit, estimate)
 
     def _measure(self, inputs: Any, targets: Any, size: int) -> float | None:
-        """Samples/s of forward + backward at ``size`` (the fastest of TIMED_STEPS), None if out of memory."""
+        """Samples/s of forward + backward at ``size`` over a timing window (NOTE [timing window] in
+        microbatch_size.py), None if out of memory."""
         micro_inputs = self._prepare(self._to_device(slice_batch(inputs, 0, size)))
         micro_targets = self._to_device(slice_batch(targets, 0, size))
         parameters = [p for p in self.module.parameters() if p.requires_grad]
-        seconds = []
+
+        def timed_pass() -> float:
+            _synchronize(self.device)
+            started = time.perf_counter()
+            with self._autocast():
+                loss, _ = self.loss(self.module, micro_inputs, micro_targets)
+            # autograd.grad leaves .grad alone and bypasses DDP's hooks
+            torch.autograd.grad(loss, parameters, allow_unused=True)
+            _synchronize(self.device)
+            return time.perf_counter() - started
+
         try:
             with self._unchanged_state():
-                for _ in range(TIMED_STEPS + (not any(s.throughput for s in self._searches.values()))):
-                    _synchronize(self.device)
-                    started = time.perf_counter()
-                    with self._autocast():
-                        loss, _ = self.loss(self.module, micro_inputs, micro_targets)
-                    # autograd.grad leaves .grad alone and bypasses DDP's hooks
-                    torch.autograd.grad(loss, parameters, allow_unused=True)
-                    _synchronize(self.device)
-                    seconds.append(time.perf_counter() - started)
+                return window_throughput(size, timed_pass)
         except torch.OutOfMemoryError:
-            seconds = []
-        if not seconds:
             _empty_cache(self.device)
             return None
-        return size / min(seconds[-TIMED_STEPS:])  # the first pass of all warms up and is not counted
 
     @contextmanager
     def _unchanged_state(self) -> Iterator[None]:

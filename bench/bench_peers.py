@@ -1,0 +1,511 @@
+"""growbatch side by side with what users would pick instead (issue 19 §1-2): the MNIST CNN, batch 128 -> 640 ->
+3,200 (one epoch each), SGD with momentum, on an idle machine and beside a competing load; prints JSON.
+
+Systems, each run in a fresh process, interleaved (A B C ... A B C ...) within each machine state:
+- seed 003's loop: a torch DataLoader over a per-sample Dataset (normalise in ``__getitem__``; MNIST gets no
+  crop or flip), ``num_workers`` = cores, re-created at each milestone, the whole batch in one pass;
+- bs-scheduler's ``MultiStepBS`` (PyPI ``bs-scheduler``) setting the batch size of one standard DataLoader;
+- Lightning's ``GradientAccumulationScheduler``: batches of 128, accumulated 1, 5 and 25 times;
+- a fixed-batch loop at 128 throughout (the decaying schedule's batch), same DataLoader;
+- growbatch: TensorLoader (DynamicBatchSampler) + BatchSizeScheduler + MicroBatcher, with
+  ``micro_batch_size="auto"`` and with fixed sizes 64, 256 and one pass per batch.
+growbatch picks its threads as ``growbatch run`` does (``choose_threads``); the others keep torch's default.
+
+Every system's data set hands back the sample indices, so the samples seen twice or never per epoch and the size
+of every update are counted, not assumed. Run (serialise timed work on a shared machine with flock):
+
+    flock /tmp/growbatch-cpu.lock .venv/bin/python bench/bench_peers.py           # ~9 min on 2 cores, 6,400 images
+    flock /tmp/growbatch-cpu.lock .venv/bin/python bench/bench_peers.py --quick   # < 3 min: 3,200 images, 4 systems
+    .venv/bin/python bench/bench_peers.py --table bench/results/peers.json           # the README's table
+
+Writes bench/results/peers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from bench_loader import cpu_model
+from bench_threads import LOAD
+from growbatch import BatchSizeScheduler, MicroBatcher, Phase, Schedule, TensorLoader
+from growbatch.models import build_model
+from growbatch.training.threads import choose_threads
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.npz"
+MEAN, STD = 0.1307, 0.3081  # MNIST training pixels / 255
+SIZES = (128, 640, 3200)  # global batch per epoch (one epoch per phase)
+LR, MOMENTUM = 0.01, 0.9  # per update; the same for every system (no lr change: the batch grows instead)
+FULL_IMAGES, QUICK_IMAGES = 6400, 3200  # multiples of 3,200: every batch of the plan is full
+WORKERS = os.cpu_count() or 1  # DataLoader workers of the peers (seed 003 uses workers)
+FIXED_MICRO = (64, 256, SIZES[-1])  # growbatch's fixed micro-batch sizes; the last is one pass per batch
+RUN_TIMEOUT_S = 400  # a run that takes longer is counted as not finished
+
+SYSTEMS = ("seed 003", "bs-scheduler", "lightning", "fixed 128", "growbatch auto",
+           *(f"growbatch micro {size}" for size in FIXED_MICRO))
+PEERS = ("seed 003", "bs-scheduler", "lightning")  # the increasing schedule by other means
+# --quick: on 2 cores all eight systems take ~5 min even on 3,200 images (3x slower under the load), so it
+# keeps the baseline of issue 19 §2, the framework peer, "auto" and one fixed size
+QUICK_SYSTEMS = ("seed 003", "lightning", "growbatch auto", "growbatch micro 256")
+
+
+def schedule(images: int) -> Schedule:
+    """The plan every increasing system follows: one epoch at each of SIZES."""
+    phases = tuple(Phase(epoch, epoch + 1, LR, size, MOMENTUM) for epoch, size in enumerate(SIZES))
+    return Schedule(phases, dataset_size=images, name="128-640-3200")
+
+
+def load_images(images: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The first ``images`` MNIST training images (uint8, N x 1 x 28 x 28) and labels; synthetic ones of the same
+    shape where mnist.npz is absent (the third value says which)."""
+    if DATA.is_file():
+        with np.load(DATA) as archive:
+            x, y = archive["x_train"][:images], archive["y_train"][:images]
+        return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)), f"MNIST ({DATA})"
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (images, 1, 28, 28), dtype=torch.uint8, generator=generator)
+    return x, torch.randint(10, (images,), generator=generator), f"synthetic ({DATA} is absent)"
+
+
+class IndexedImages(Dataset):
+    """The usual per-sample path: normalise one image in ``__getitem__``; the index comes back for counting."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return (self.images[index].float() / 255 - MEAN) / STD, self.labels[index], index
+
+
+class Trace:
+    """What a system trained, per epoch: the indices of its samples, the size of every update and the seconds."""
+
+    def __init__(self, epochs: int) -> None:
+        self.indices: list[list[torch.Tensor]] = [[] for _ in range(epochs)]
+        self.update_sizes: list[list[int]] = [[] for _ in range(epochs)]
+        self.epoch_s = [0.0] * epochs
+        self.loss_sum = [0.0] * epochs
+        self.search_s = [0.0] * epochs  # growbatch "auto": timing candidate micro-batch sizes, part of epoch_s
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def stop(self, epoch: int) -> None:
+        self.epoch_s[epoch] += time.perf_counter() - self._started
+
+    def trained(self, epoch: int, indices: torch.Tensor, loss_sum: float) -> None:
+        """Samples that went through a forward and backward pass (one update or one micro-batch of it)."""
+        self.indices[epoch].append(indices.detach().cpu())
+        self.loss_sum[epoch] += loss_sum
+
+    def update(self, epoch: int, size: int) -> None:
+        self.update_sizes[epoch].append(size)
+
+    def summary(self, plan: Schedule) -> dict:
+        """Counts against the plan: updates, batches of an earlier phase's size, samples seen twice or never."""
+        n, rows = plan.dataset_size, []
+        for epoch, sizes in enumerate(self.update_sizes):
+            seen = torch.bincount(torch.cat(self.indices[epoch] or [torch.zeros(0, dtype=torch.long)]), minlength=n)
+            # sizes an earlier phase of this system's own plan cut, but not this one: batches of an old size
+            earlier = {plan.phase_at(e).batch_size for e in range(epoch)} - {plan.phase_at(epoch).batch_size}
+            seconds, trained = self.epoch_s[epoch], int(seen.sum())
+            rows.append({"epoch": epoch, "batch_size": plan.phase_at(epoch).batch_size, "seconds": seconds,
+                         "samples_per_s": trained / seconds if seconds else None,
+                         "search_s": self.search_s[epoch],
+                         "samples_per_s_without_search": trained / (seconds - self.search_s[epoch]) if seconds else None,
+                         "updates": len(sizes), "planned_updates": len(plan.batch_sizes(epoch)),
+                         "update_sizes_as_planned": sizes == plan.batch_sizes(epoch),
+                         "stale_batches": sum(size in earlier for size in sizes),
+                         "seen_twice": int((seen - 1).clamp(min=0).sum()), "never_seen": int((seen == 0).sum()),
+                         "train_loss": self.loss_sum[epoch] / max(int(seen.sum()), 1)})
+        total_s = sum(self.epoch_s)
+        return {"epochs": rows, "updates": sum(r["updates"] for r in rows),
+                "planned_updates": plan.plan().total_updates, "train_s": total_s,
+                "samples_per_s": sum(len(torch.cat(i)) for i in self.indices if i) / total_s if total_s else None}
+
+
+def pss_kb(pid: int | str) -> int:
+    """Proportional set size of a process (kB): pages shared with a forked parent count once, split between them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as file:
+            return next(int(line.split()[1]) for line in file if line.startswith("Pss:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def child_pids() -> list[int]:
+    """This process's children (DataLoader workers), from /proc/self/task/*/children."""
+    pids = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            pids += [int(pid) for pid in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return pids
+
+
+class MemoryPeak:
+    """The peak of this process's PSS plus its children's, sampled every ``interval`` seconds in a thread.
+
+    ru_maxrss of a forked DataLoader worker counts the trainer's pages it shares, so the workers' memory is
+    summed as PSS instead; short peaks between samples are missed (the trainer's own ru_maxrss catches those).
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval, self.peak_kb = interval, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> MemoryPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._done.wait(self.interval):
+            total = pss_kb("self") + sum(pss_kb(pid) for pid in child_pids())
+            self.peak_kb = max(self.peak_kb, total)
+
+
+def one_pass(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, labels: torch.Tensor) -> float:
+    """One update with the whole batch in one forward and backward pass; returns the batch's loss sum."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(inputs), labels)
+    loss.backward()
+    optimizer.step()
+    return loss.item() * len(labels)
+
+
+def train_loader(dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=WORKERS,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def epochs_of(loader_for_epoch: Callable[[int], DataLoader], model: nn.Module, optimizer: torch.optim.Optimizer,
+              trace: Trace, after_epoch: Callable[[], None] = lambda: None) -> None:
+    """The plain loop: per epoch a loader (the same one or a new one), one pass per batch."""
+    for epoch in range(len(SIZES)):
+        trace.start()  # a loader built here, its workers started, is charged to the epoch
+        for inputs, labels, indices in loader_for_epoch(epoch):
+            trace.trained(epoch, indices, one_pass(model, optimizer, inputs, labels))
+            trace.update(epoch, len(labels))
+        trace.stop(epoch)
+        after_epoch()
+
+
+def run_seed003(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, trace: Trace) -> dict:
+    """Seed 003: a new DataLoader with the phase's batch size at every milestone (here every epoch)."""
+    epochs_of(lambda epoch: train_loader(dataset, SIZES[epoch], epoch), model, optimizer, trace)
+    return {}
+
+
+def run_fixed(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, trace: Trace) -> dict:
+    """The baseline: one DataLoader at the first batch size for every epoch."""
+    loader = train_loader(dataset, SIZES[0], 0)
+    epochs_of(lambda epoch: loader, model, optimizer, trace)
+    return {}
+
+
+def run_bs_scheduler(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, trace: Trace) -> dict:
+    """bs-scheduler's MultiStepBS: x5 at epochs 1 and 2, set on one DataLoader's batch sampler after each epoch."""
+    from bs_scheduler import MultiStepBS
+
+    loader = train_loader(dataset, SIZES[0], 0)
+    scheduler = MultiStepBS(loader, milestones=[1, 2], gamma=SIZES[1] / SIZES[0])
+    epochs_of(lambda epoch: loader, model, optimizer, trace, after_epoch=scheduler.step)
+    return {}
+
+
+def run_lightning(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, trace: Trace) -> dict:
+    """Lightning's GradientAccumulationScheduler: batches of 128 accumulated 1, 5, 25 times (x4 gives 640, 3,200)."""
+    import logging
+    import warnings
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import GradientAccumulationScheduler
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")  # its advice on workers and logging is not what is measured
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model, self.pending = model, 0
+
+        def training_step(self, batch, batch_index):
+            inputs, labels, indices = batch
+            loss = F.cross_entropy(self.model(inputs), labels)
+            trace.trained(self.current_epoch, indices, loss.item() * len(labels))
+            self.pending += len(labels)  # the samples of the update in progress
+            return loss  # Lightning divides it by the accumulation factor
+
+        def on_before_optimizer_step(self, optimizer) -> None:
+            trace.update(self.current_epoch, self.pending)
+            self.pending = 0
+
+        def on_train_epoch_start(self) -> None:
+            trace.start()
+
+        def on_train_epoch_end(self) -> None:
+            trace.stop(self.current_epoch)
+
+        def configure_optimizers(self):
+            return optimizer
+
+        def train_dataloader(self) -> DataLoader:
+            return train_loader(dataset, SIZES[0], 0)
+
+    factors = {epoch: size // SIZES[0] for epoch, size in enumerate(SIZES)}
+    trainer = pl.Trainer(max_epochs=len(SIZES), accelerator="cpu", devices=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, callbacks=[GradientAccumulationScheduler(factors)])
+    trainer.fit(Module())
+    return {"lightning_global_step": trainer.global_step}
+
+
+def run_growbatch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+                  trace: Trace, micro_batch_size: int | str) -> dict:
+    """growbatch as its Trainer wires it: uint8 logical batches from a TensorLoader, normalised per micro-batch.
+
+    The loader's "targets" are the sample indices, so the loss looks the labels up (a gather of a few hundred
+    integers per micro-batch) and every trained sample is counted.
+    """
+    plan = schedule(len(labels))
+    loader = TensorLoader(images, torch.arange(len(labels)), plan, mean=[MEAN], std=[STD], seed=0,
+                          normalize_batches=False)
+    scheduler = BatchSizeScheduler(loader, optimizer, plan)
+
+    def loss(net: nn.Module, inputs: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return F.cross_entropy(net(inputs), labels[indices]), {}
+
+    micro = MicroBatcher(model, loss=loss, micro_batch_size=micro_batch_size, transform=loader.normalize)
+    chosen: list[list[int]] = [[] for _ in SIZES]
+    for epoch in range(plan.epochs):
+        trace.start()
+        for inputs, indices in loader:
+            optimizer.zero_grad(set_to_none=True)
+            result = micro.backward(inputs, indices, global_batch_size=loader.batch_sampler.last_global_batch_size)
+            optimizer.step()
+            scheduler.step()
+            trace.trained(epoch, indices, result.loss_sum)
+            trace.update(epoch, result.samples)
+            chosen[epoch].append(result.micro_batch_size)
+        trace.stop(epoch)
+        trace.search_s[epoch] = micro.search_s - sum(trace.search_s)
+    search = micro.size_search(images[:1]) if micro_batch_size == "auto" else None
+    return {"micro_batch_size_per_epoch": [sorted(set(sizes)) for sizes in chosen], "size_search_s": micro.search_s,
+            "measured_samples_per_s": search.throughput if search else None}
+
+
+def worker(system: str, images: int) -> dict:
+    """One run of ``system`` in this (fresh) process: trace, counts, threads, peak RSS of it and its workers."""
+    inputs, labels, source = load_images(images)
+    started = time.perf_counter()
+    said = choose_threads(None) if system.startswith("growbatch") else None  # as `growbatch run` does
+    torch.manual_seed(0)
+    model = build_model("mnist-cnn", in_channels=1, num_classes=10, image_size=28)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    trace = Trace(len(SIZES))
+    with MemoryPeak() as memory:
+        if system.startswith("growbatch"):
+            size = system.removeprefix("growbatch ").removeprefix("micro ")
+            extra = run_growbatch(model, optimizer, inputs, labels, trace, size if size == "auto" else int(size))
+        else:
+            runner = {"seed 003": run_seed003, "bs-scheduler": run_bs_scheduler, "lightning": run_lightning,
+                      "fixed 128": run_fixed}[system]
+            extra = runner(model, optimizer, IndexedImages(inputs, labels), trace)
+    wall_s = time.perf_counter() - started
+    plan = schedule(images) if system != "fixed 128" else Schedule(
+        tuple(Phase(e, e + 1, LR, SIZES[0], MOMENTUM) for e in range(len(SIZES))), dataset_size=images)
+    return {"system": system, "data": source, "finished": True, "wall_s": wall_s, "threads": torch.get_num_threads(),
+            "growbatch_said": said, **trace.summary(plan), **extra,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: kB
+            "peak_pss_with_workers_mb": memory.peak_kb / 1024}
+
+
+def in_subprocess(system: str, images: int) -> dict:
+    """``worker`` in a fresh interpreter; a crash, an out-of-memory kill or a timeout is a run that did not finish."""
+    command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps({"system": system, "images": images})]
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"system": system, "finished": False, "why": f"over {RUN_TIMEOUT_S} s", "load_before": load_before}
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"system": system, "finished": False, "why": f"exit status {done.returncode}: {tail}",
+                "load_before": load_before}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result.update(load_before=load_before, process_s=time.perf_counter() - started)
+    print(f"{system}: {result['samples_per_s']:.0f} samples/s, {result['wall_s']:.1f} s", file=sys.stderr, flush=True)
+    return result
+
+
+def measure_state(systems: tuple[str, ...], images: int, repeats: int) -> dict[str, list[dict]]:
+    """Every system ``repeats`` times, interleaved, so machine noise falls on all of them."""
+    runs: dict[str, list[dict]] = {system: [] for system in systems}
+    for _ in range(repeats):
+        for system in systems:
+            runs[system].append(in_subprocess(system, images))
+    return runs
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Medians over a system's finished runs (throughput, wall time); counts from the first (they are exact)."""
+    done = [run for run in runs if run["finished"]]
+    if not done:
+        return {"finished": False, "why": [run["why"] for run in runs]}
+    first = done[0]
+    row = {"finished": len(done) == len(runs), "runs": len(runs),
+           "samples_per_s": statistics.median(run["samples_per_s"] for run in done),
+           "samples_per_s_per_epoch": [statistics.median(run["epochs"][e]["samples_per_s"] for run in done)
+                                       for e in range(len(SIZES))],
+           "samples_per_s_per_epoch_without_search": [
+               statistics.median(run["epochs"][e]["samples_per_s_without_search"] for run in done)
+               for e in range(len(SIZES))],
+           "wall_s": statistics.median(run["wall_s"] for run in done),
+           "peak_rss_mb": max(run["peak_rss_mb"] for run in done),
+           "peak_pss_with_workers_mb": max(run["peak_pss_with_workers_mb"] for run in done),
+           "threads": sorted({run["threads"] for run in done}),
+           "updates": first["updates"], "planned_updates": first["planned_updates"],
+           "update_sizes_as_planned": all(r["update_sizes_as_planned"] for run in done for r in run["epochs"]),
+           "stale_batches": max(sum(r["stale_batches"] for r in run["epochs"]) for run in done),
+           "seen_twice": max(max(r["seen_twice"] for r in run["epochs"]) for run in done),
+           "never_seen": max(max(r["never_seen"] for r in run["epochs"]) for run in done),
+           "final_train_loss": statistics.median(run["epochs"][-1]["train_loss"] for run in done)}
+    if "micro_batch_size_per_epoch" in first:
+        row["micro_batch_size_per_epoch"] = [run["micro_batch_size_per_epoch"] for run in done]
+        row["size_search_s"] = statistics.median(run["size_search_s"] for run in done)
+    return row
+
+
+def ratios(summary: dict[str, dict]) -> dict:
+    """growbatch auto against the fastest peer, seed 003 and the fastest fixed micro-batch, per epoch and overall."""
+    def rate(system: str, epoch: int | None, key: str = "samples_per_s_per_epoch") -> float | None:
+        row = summary.get(system, {})
+        if not row.get("finished"):
+            return None
+        return row["samples_per_s"] if epoch is None else row[key][epoch]
+
+    result = {}
+    for epoch in [*range(len(SIZES)), None]:
+        auto = rate("growbatch auto", epoch)
+        peers = {s: r for s in PEERS if (r := rate(s, epoch))}
+        fixed = {s: r for s in SYSTEMS if s.startswith("growbatch micro") and (r := rate(s, epoch))}
+        key = "whole run" if epoch is None else f"epoch {epoch} (batch {SIZES[epoch]})"
+        if auto is None or not peers or not fixed:
+            result[key] = None
+            continue
+        fastest_peer, fastest_fixed = max(peers, key=peers.get), max(fixed, key=fixed.get)
+        result[key] = {"fastest_peer": fastest_peer, "auto_vs_fastest_peer": auto / peers[fastest_peer],
+                       "auto_vs_seed_003": auto / peers["seed 003"] if "seed 003" in peers else None,
+                       "fastest_fixed": fastest_fixed, "auto_vs_fastest_fixed": auto / fixed[fastest_fixed]}
+        if epoch is not None:  # the one-off timing of sizes left out (NOTE [honest wall time] in trainer.py)
+            bare = rate("growbatch auto", epoch, "samples_per_s_per_epoch_without_search")
+            result[key]["auto_without_search_vs_fastest_fixed"] = bare / fixed[fastest_fixed]
+    return result
+
+
+def with_load(cores: int, measure: Callable[[], dict]) -> dict:
+    """``measure()`` beside ``cores`` processes of 512 x 512 matrix products (bench_threads.py's LOAD)."""
+    load = [subprocess.Popen([sys.executable, "-c", LOAD]) for _ in range(cores)]
+    try:
+        time.sleep(3)  # the load processes import torch first
+        return measure()
+    finally:
+        for process in load:
+            process.kill()
+            process.wait()
+
+
+def table(result: dict) -> str:
+    """The README's table (Markdown) from a results file: samples/s per epoch and overall, wall, RSS, counts."""
+    lines = ["| machine state | system | threads | samples/s at 128 / 640 / 3,200 | samples/s, 3 epochs | wall (s) | "
+             "peak RSS trainer / PSS with workers (MB) | updates (plan) | stale batches | seen twice / never |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for state, content in result["states"].items():
+        for system, row in content["summary"].items():
+            if not row.get("finished"):
+                lines.append(f"| {state} | {system} | | not finished: {row.get('why')} | | | | | | |")
+                continue
+            epochs = " / ".join(f"{rate:,.0f}" for rate in row["samples_per_s_per_epoch"])
+            micro = ""
+            if system == "growbatch auto":
+                micro = " (micro " + "; ".join(",".join(map(str, sizes)) for sizes in
+                                               row["micro_batch_size_per_epoch"][0]) + ")"
+            lines.append(f"| {state} | {system}{micro} | {'/'.join(map(str, row['threads']))} | {epochs} | "
+                         f"{row['samples_per_s']:,.0f} | {row['wall_s']:.1f} | {row['peak_rss_mb']:,.0f} / {row['peak_pss_with_workers_mb']:,.0f} | "
+                         f"{row['updates']} ({row['planned_updates']}) | {row['stale_batches']} | "
+                         f"{row['seen_twice']} / {row['never_seen']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_IMAGES:,} images instead of {FULL_IMAGES:,}")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds per machine state")
+    parser.add_argument("--systems", help=f"comma-separated subset of: {', '.join(SYSTEMS)}")
+    parser.add_argument("--table", type=Path, metavar="RESULTS", help="print the Markdown table of a results file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        config = json.loads(args.worker)
+        print(json.dumps(worker(config["system"], config["images"])))
+        return
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return
+    images, cores = (QUICK_IMAGES if args.quick else FULL_IMAGES), os.cpu_count() or 1
+    systems = tuple(args.systems.split(",")) if args.systems else QUICK_SYSTEMS if args.quick else SYSTEMS
+    unknown = [system for system in systems if system not in SYSTEMS]
+    if unknown:
+        parser.error(f"--systems should name some of {', '.join(SYSTEMS)}, but got {', '.join(unknown)}")
+    plan = schedule(images).plan()
+    result = {"benchmark": "peers", "images": images, "schedule": list(SIZES), "lr": LR, "momentum": MOMENTUM,
+              "dataloader_workers": WORKERS, "repeats": args.repeats, "systems": list(systems),
+              "planned_updates": {"total": plan.total_updates, "per_phase": [p.updates for p in plan.phases]},
+              "machine": {"nproc": cores, "cpu": cpu_model(), "torch": torch.__version__,
+                          "torch_default_threads": torch.get_num_threads(), "load_average_before": os.getloadavg()},
+              "states": {}}
+    started = time.perf_counter()
+    states = {"idle": lambda: measure_state(systems, images, args.repeats),
+              f"beside {cores} matrix-product processes": lambda: with_load(
+                  cores, lambda: measure_state(systems, images, args.repeats))}
+    for state, measure in states.items():
+        runs = measure()
+        summary = {system: summarise(system_runs) for system, system_runs in runs.items()}
+        result["states"][state] = {"summary": summary, "ratios": ratios(summary), "runs": runs}
+    result["machine"]["load_average_after"] = os.getloadavg()
+    result["bench_s"] = time.perf_counter() - started
+    text = json.dumps(result, indent=2)
+    print(text)
+    Path("bench/results").mkdir(parents=True, exist_ok=True)
+    Path("bench/results/peers.json").write_text(text)
+    print(table(result), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
