@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -431,6 +432,8 @@ def ratios(summary: dict[str, dict]) -> dict:
 
 def with_load(cores: int, measure: Callable[[], dict]) -> dict:
     """``measure()`` beside ``cores`` processes of 512 x 512 matrix products (bench_threads.py's LOAD)."""
+    # a SIGTERM (a killed job) runs the finally below too, so no load process outlives the benchmark
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     load = [subprocess.Popen([sys.executable, "-c", LOAD]) for _ in range(cores)]
     try:
         time.sleep(3)  # the load processes import torch first
