@@ -28,5 +28,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# growbatch side by side with seed 003's loop, bs-scheduler, Lightning and a fixed batch
+# (bench/bench_peers.py, --quick: under 3 minutes); the bench extra adds bs-scheduler
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[bench]"
+	$(BIN)/python bench/bench_peers.py --quick
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache build src/*.egg-info

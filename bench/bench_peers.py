@@ -1,14 +1,17 @@
-"""growbatch side by side with what users would pick instead (issue 19 §1-2): the MNIST CNN, batch 128 -> 640 ->
-3,200 (one epoch each), SGD with momentum, on an idle machine and beside a competing load; prints JSON.
+"""growbatch side by side with what users would pick instead (issue 19 §1-2): the MNIST CNN on MNIST or ResNet-20
+on CIFAR-10, batch 128 -> 640 -> 3,200 (one epoch each), SGD with momentum, on an idle machine and beside a
+competing load; prints JSON.
 
 Systems, each run in a fresh process, interleaved (A B C ... A B C ...) within each machine state:
-- seed 003's loop: a torch DataLoader over a per-sample Dataset (normalise in ``__getitem__``; MNIST gets no
-  crop or flip), ``num_workers`` = cores, re-created at each milestone, the whole batch in one pass;
+- seed 003's loop: a torch DataLoader over a per-sample Dataset (normalise in ``__getitem__``, and for CIFAR-10
+  a random crop of the image padded by 4 zeros and a random flip first; MNIST gets neither), ``num_workers`` =
+  cores, re-created at each milestone, the whole batch in one pass;
 - bs-scheduler's ``MultiStepBS`` (PyPI ``bs-scheduler``) setting the batch size of one standard DataLoader;
 - Lightning's ``GradientAccumulationScheduler``: batches of 128, accumulated 1, 5 and 25 times;
 - a fixed-batch loop at 128 throughout (the decaying schedule's batch), same DataLoader;
-- growbatch: TensorLoader (DynamicBatchSampler) + BatchSizeScheduler + MicroBatcher, with
-  ``micro_batch_size="auto"`` and with fixed sizes 64, 256 and one pass per batch.
+- growbatch: TensorLoader (DynamicBatchSampler; crop + flip as one batch operation for CIFAR-10) +
+  BatchSizeScheduler + MicroBatcher, with ``micro_batch_size="auto"`` and with fixed sizes 64, 256 and one pass
+  per batch.
 growbatch picks its threads as ``growbatch run`` does (``choose_threads``); the others keep torch's default.
 
 Every system's data set hands back the sample indices, so the samples seen twice or never per epoch and the size
@@ -16,9 +19,10 @@ of every update are counted, not assumed. Run (serialise timed work on a shared 
 
     flock /tmp/growbatch-cpu.lock .venv/bin/python bench/bench_peers.py           # ~9 min on 2 cores, 6,400 images
     flock /tmp/growbatch-cpu.lock .venv/bin/python bench/bench_peers.py --quick   # < 3 min: 3,200 images, 4 systems
+    flock /tmp/growbatch-cpu.lock .venv/bin/python bench/bench_peers.py --model resnet20   # CIFAR-10, 3,200 images
     .venv/bin/python bench/bench_peers.py --table bench/results/peers.json           # the README's table
 
-Writes bench/results/peers.json.
+Writes bench/results/peers.json (peers-resnet20.json for --model resnet20).
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,14 +48,17 @@ from torch.utils.data import DataLoader, Dataset
 from bench_loader import cpu_model
 from bench_threads import LOAD
 from growbatch import BatchSizeScheduler, MicroBatcher, Phase, Schedule, TensorLoader
+from growbatch.data import DataError, load_dataset
 from growbatch.models import build_model
 from growbatch.training.threads import choose_threads
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.npz"
-MEAN, STD = 0.1307, 0.3081  # MNIST training pixels / 255
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MODELS = {"mnist-cnn": "mnist", "resnet20": "cifar10"}  # the model and the data set it trains on
 SIZES = (128, 640, 3200)  # global batch per epoch (one epoch per phase)
 LR, MOMENTUM = 0.01, 0.9  # per update; the same for every system (no lr change: the batch grows instead)
 FULL_IMAGES, QUICK_IMAGES = 6400, 3200  # multiples of 3,200: every batch of the plan is full
+RESNET_IMAGES = 3200  # ResNet-20 trains ~4x slower per sample than the MNIST CNN here
+PADDING = 4  # CIFAR-10's random crop: the image padded by 4 zeros, a 32 x 32 window of it
 WORKERS = os.cpu_count() or 1  # DataLoader workers of the peers (seed 003 uses workers)
 FIXED_MICRO = (64, 256, SIZES[-1])  # growbatch's fixed micro-batch sizes; the last is one pass per batch
 RUN_TIMEOUT_S = 400  # a run that takes longer is counted as not finished
@@ -71,29 +77,47 @@ def schedule(images: int) -> Schedule:
     return Schedule(phases, dataset_size=images, name="128-640-3200")
 
 
-def load_images(images: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """The first ``images`` MNIST training images (uint8, N x 1 x 28 x 28) and labels; synthetic ones of the same
-    shape where mnist.npz is absent (the third value says which)."""
-    if DATA.is_file():
-        with np.load(DATA) as archive:
-            x, y = archive["x_train"][:images], archive["y_train"][:images]
-        return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)), f"MNIST ({DATA})"
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (images, 1, 28, 28), dtype=torch.uint8, generator=generator)
-    return x, torch.randint(10, (images,), generator=generator), f"synthetic ({DATA} is absent)"
+class Images:
+    """The first training images of a data set (uint8, N x C x H x W), their labels, normalisation and augmentation."""
+
+    def __init__(self, model: str, images: int) -> None:
+        name = MODELS[model]
+        try:
+            dataset = load_dataset(name, DATA)
+        except DataError as error:  # synthetic images of the same shape where ../shared/data is absent
+            shape = (images, 3, 32, 32) if name == "cifar10" else (images, 1, 28, 28)
+            generator = torch.Generator().manual_seed(0)
+            self.inputs = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+            self.labels = torch.randint(10, (images,), generator=generator)
+            self.mean, self.std, self.augment = (0.5,) * shape[1], (0.25,) * shape[1], name == "cifar10"
+            self.source = f"synthetic ({error})"
+            return
+        self.inputs, self.labels = dataset.x_train[:images].contiguous(), dataset.y_train[:images].contiguous()
+        self.mean, self.std, self.augment = dataset.mean, dataset.std, dataset.augment
+        self.source = f"{name} ({DATA})"
 
 
 class IndexedImages(Dataset):
-    """The usual per-sample path: normalise one image in ``__getitem__``; the index comes back for counting."""
+    """The usual per-sample path: crop and flip (CIFAR-10) and normalise one image in ``__getitem__``; the index
+    comes back for counting."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
+    def __init__(self, data: Images) -> None:
+        self.images, self.labels, self.augment = data.inputs, data.labels, data.augment
+        self.mean = torch.tensor(data.mean).view(-1, 1, 1)
+        self.std = torch.tensor(data.std).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return (self.images[index].float() / 255 - MEAN) / STD, self.labels[index], index
+        image = self.images[index].float() / 255
+        if self.augment:  # torchvision's RandomCrop(32, padding=4) and RandomHorizontalFlip, per sample
+            size = image.shape[-1]
+            top, left = torch.randint(0, 2 * PADDING + 1, (2,)).tolist()
+            image = F.pad(image, (PADDING,) * 4)[:, top:top + size, left:left + size]
+            if torch.rand(()) < 0.5:
+                image = image.flip(-1)
+        return (image - self.mean) / self.std, self.labels[index], index
 
 
 class Trace:
@@ -286,16 +310,17 @@ def run_lightning(model: nn.Module, optimizer: torch.optim.Optimizer, dataset: D
     return {"lightning_global_step": trainer.global_step}
 
 
-def run_growbatch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-                  trace: Trace, micro_batch_size: int | str) -> dict:
+def run_growbatch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Images, trace: Trace,
+                  micro_batch_size: int | str) -> dict:
     """growbatch as its Trainer wires it: uint8 logical batches from a TensorLoader, normalised per micro-batch.
 
     The loader's "targets" are the sample indices, so the loss looks the labels up (a gather of a few hundred
     integers per micro-batch) and every trained sample is counted.
     """
+    images, labels = data.inputs, data.labels
     plan = schedule(len(labels))
-    loader = TensorLoader(images, torch.arange(len(labels)), plan, mean=[MEAN], std=[STD], seed=0,
-                          normalize_batches=False)
+    loader = TensorLoader(images, torch.arange(len(labels)), plan, mean=data.mean, std=data.std, seed=0,
+                          crop_padding=PADDING if data.augment else 0, flip=data.augment, normalize_batches=False)
     scheduler = BatchSizeScheduler(loader, optimizer, plan)
 
     def loss(net: nn.Module, inputs: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -320,35 +345,35 @@ def run_growbatch(model: nn.Module, optimizer: torch.optim.Optimizer, images: to
             "measured_samples_per_s": search.throughput if search else None}
 
 
-def worker(system: str, images: int) -> dict:
+def worker(system: str, model_name: str, images: int) -> dict:
     """One run of ``system`` in this (fresh) process: trace, counts, threads, peak RSS of it and its workers."""
-    inputs, labels, source = load_images(images)
+    data = Images(model_name, images)
     started = time.perf_counter()
     said = choose_threads(None) if system.startswith("growbatch") else None  # as `growbatch run` does
     torch.manual_seed(0)
-    model = build_model("mnist-cnn", in_channels=1, num_classes=10, image_size=28)
+    model = build_model(model_name, in_channels=data.inputs.shape[1], num_classes=10, image_size=data.inputs.shape[-1])
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     trace = Trace(len(SIZES))
     with MemoryPeak() as memory:
         if system.startswith("growbatch"):
             size = system.removeprefix("growbatch ").removeprefix("micro ")
-            extra = run_growbatch(model, optimizer, inputs, labels, trace, size if size == "auto" else int(size))
+            extra = run_growbatch(model, optimizer, data, trace, size if size == "auto" else int(size))
         else:
             runner = {"seed 003": run_seed003, "bs-scheduler": run_bs_scheduler, "lightning": run_lightning,
                       "fixed 128": run_fixed}[system]
-            extra = runner(model, optimizer, IndexedImages(inputs, labels), trace)
+            extra = runner(model, optimizer, IndexedImages(data), trace)
     wall_s = time.perf_counter() - started
     plan = schedule(images) if system != "fixed 128" else Schedule(
         tuple(Phase(e, e + 1, LR, SIZES[0], MOMENTUM) for e in range(len(SIZES))), dataset_size=images)
-    return {"system": system, "data": source, "finished": True, "wall_s": wall_s, "threads": torch.get_num_threads(),
+    return {"system": system, "model": model_name, "data": data.source, "finished": True, "wall_s": wall_s, "threads": torch.get_num_threads(),
             "growbatch_said": said, **trace.summary(plan), **extra,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: kB
             "peak_pss_with_workers_mb": memory.peak_kb / 1024}
 
 
-def in_subprocess(system: str, images: int) -> dict:
+def in_subprocess(system: str, model: str, images: int) -> dict:
     """``worker`` in a fresh interpreter; a crash, an out-of-memory kill or a timeout is a run that did not finish."""
-    command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps({"system": system, "images": images})]
+    command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps({"system": system, "model": model, "images": images})]
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     try:
@@ -365,12 +390,12 @@ def in_subprocess(system: str, images: int) -> dict:
     return result
 
 
-def measure_state(systems: tuple[str, ...], images: int, repeats: int) -> dict[str, list[dict]]:
+def measure_state(systems: tuple[str, ...], model: str, images: int, repeats: int) -> dict[str, list[dict]]:
     """Every system ``repeats`` times, interleaved, so machine noise falls on all of them."""
     runs: dict[str, list[dict]] = {system: [] for system in systems}
     for _ in range(repeats):
         for system in systems:
-            runs[system].append(in_subprocess(system, images))
+            runs[system].append(in_subprocess(system, model, images))
     return runs
 
 
@@ -468,7 +493,10 @@ def table(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_IMAGES:,} images instead of {FULL_IMAGES:,}")
+    parser.add_argument("--model", choices=tuple(MODELS), default="mnist-cnn",
+                        help=f"mnist-cnn on MNIST (default) or resnet20 on CIFAR-10 ({RESNET_IMAGES:,} images)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_IMAGES:,} images instead of {FULL_IMAGES:,} (mnist-cnn) and 4 systems")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds per machine state")
     parser.add_argument("--systems", help=f"comma-separated subset of: {', '.join(SYSTEMS)}")
     parser.add_argument("--table", type=Path, metavar="RESULTS", help="print the Markdown table of a results file")
@@ -476,27 +504,28 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         config = json.loads(args.worker)
-        print(json.dumps(worker(config["system"], config["images"])))
+        print(json.dumps(worker(config["system"], config["model"], config["images"])))
         return
     if args.table:
         print(table(json.loads(args.table.read_text())))
         return
-    images, cores = (QUICK_IMAGES if args.quick else FULL_IMAGES), os.cpu_count() or 1
+    images = QUICK_IMAGES if args.quick else FULL_IMAGES if args.model == "mnist-cnn" else RESNET_IMAGES
+    cores = os.cpu_count() or 1
     systems = tuple(args.systems.split(",")) if args.systems else QUICK_SYSTEMS if args.quick else SYSTEMS
     unknown = [system for system in systems if system not in SYSTEMS]
     if unknown:
         parser.error(f"--systems should name some of {', '.join(SYSTEMS)}, but got {', '.join(unknown)}")
     plan = schedule(images).plan()
-    result = {"benchmark": "peers", "images": images, "schedule": list(SIZES), "lr": LR, "momentum": MOMENTUM,
+    result = {"benchmark": "peers", "model": args.model, "data_set": MODELS[args.model], "images": images, "schedule": list(SIZES), "lr": LR, "momentum": MOMENTUM,
               "dataloader_workers": WORKERS, "repeats": args.repeats, "systems": list(systems),
               "planned_updates": {"total": plan.total_updates, "per_phase": [p.updates for p in plan.phases]},
               "machine": {"nproc": cores, "cpu": cpu_model(), "torch": torch.__version__,
                           "torch_default_threads": torch.get_num_threads(), "load_average_before": os.getloadavg()},
               "states": {}}
     started = time.perf_counter()
-    states = {"idle": lambda: measure_state(systems, images, args.repeats),
+    states = {"idle": lambda: measure_state(systems, args.model, images, args.repeats),
               f"beside {cores} matrix-product processes": lambda: with_load(
-                  cores, lambda: measure_state(systems, images, args.repeats))}
+                  cores, lambda: measure_state(systems, args.model, images, args.repeats))}
     for state, measure in states.items():
         runs = measure()
         summary = {system: summarise(system_runs) for system, system_runs in runs.items()}
@@ -505,8 +534,9 @@ def main() -> None:
     result["bench_s"] = time.perf_counter() - started
     text = json.dumps(result, indent=2)
     print(text)
+    name = "peers.json" if args.model == "mnist-cnn" else f"peers-{args.model}.json"
     Path("bench/results").mkdir(parents=True, exist_ok=True)
-    Path("bench/results/peers.json").write_text(text)
+    Path("bench/results", name).write_text(text)
     print(table(result), file=sys.stderr)
 
 
