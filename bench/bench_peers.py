@@ -1,6 +1,6 @@
 """growbatch side by side with what users would pick instead (issue 19 §1-2): the MNIST CNN on MNIST or ResNet-20
 on CIFAR-10, batch 128 -> 640 -> 3,200 (one epoch each), SGD with momentum, on an idle machine and beside a
-competing load; prints JSON.
+competing load, from the start or from the second epoch on; prints JSON.
 
 Systems, each run in a fresh process, interleaved (A B C ... A B C ...) within each machine state:
 - seed 003's loop: a torch DataLoader over a per-sample Dataset (normalise in ``__getitem__``, and for CIFAR-10
@@ -17,12 +17,12 @@ growbatch picks its threads as ``growbatch run`` does (``choose_threads``); the 
 Every system's data set hands back the sample indices, so the samples seen twice or never per epoch and the size
 of every update are counted, not assumed. Run (serialise timed work on a shared machine with flock):
 
-    flock /tmp/growbatch-cpu.lock .venv/bin/python bench/bench_peers.py           # ~9 min on 2 cores, 6,400 images
-    flock /tmp/growbatch-cpu.lock .venv/bin/python bench/bench_peers.py --quick   # < 3 min: 3,200 images, 4 systems
+    flock /tmp/growbatch-cpu.lock .venv/bin/python bench/bench_peers.py           # ~14 min on 2 cores, 6,400 images
+    flock /tmp/growbatch-cpu.lock .venv/bin/python bench/bench_peers.py --quick   # < 3 min: 3,200 images, 4 systems, 2 states
     flock /tmp/growbatch-cpu.lock .venv/bin/python bench/bench_peers.py --model resnet20   # CIFAR-10, 3,200 images
     .venv/bin/python bench/bench_peers.py --table bench/results/peers.json           # the README's table
 
-Writes bench/results/peers.json (peers-resnet20.json for --model resnet20).
+Writes bench/results/peers.json (peers-resnet20.json for --model resnet20; a --states subset adds its names).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ RUN_TIMEOUT_S = 400  # a run that takes longer is counted as not finished
 
 SYSTEMS = ("seed 003", "bs-scheduler", "lightning", "fixed 128", "growbatch auto",
            *(f"growbatch micro {size}" for size in FIXED_MICRO))
+STATE_KEYS = ("idle", "load", "late-load")  # --states: idle, beside a load from the start, from the second epoch
 PEERS = ("seed 003", "bs-scheduler", "lightning")  # the increasing schedule by other means
 # --quick: on 2 cores all eight systems take ~5 min even on 3,200 images (3x slower under the load), so it
 # keeps the baseline of issue 19 §2, the framework peer, "auto" and one fixed size
@@ -129,6 +130,7 @@ class Trace:
         self.epoch_s = [0.0] * epochs
         self.loss_sum = [0.0] * epochs
         self.search_s = [0.0] * epochs  # growbatch "auto": timing candidate micro-batch sizes, part of epoch_s
+        self.after_epoch: Callable[[int], None] = lambda epoch: None  # between epochs, outside their time
         self._started = 0.0
 
     def start(self) -> None:
@@ -136,6 +138,7 @@ class Trace:
 
     def stop(self, epoch: int) -> None:
         self.epoch_s[epoch] += time.perf_counter() - self._started
+        self.after_epoch(epoch)
 
     def trained(self, epoch: int, indices: torch.Tensor, loss_sum: float) -> None:
         """Samples that went through a forward and backward pass (one update or one micro-batch of it)."""
@@ -342,18 +345,35 @@ def run_growbatch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Imag
         trace.search_s[epoch] = micro.search_s - sum(trace.search_s)
     search = micro.size_search(images[:1]) if micro_batch_size == "auto" else None
     return {"micro_batch_size_per_epoch": [sorted(set(sizes)) for sizes in chosen], "size_search_s": micro.search_s,
+            "size_retimings": micro.size_retimings,
             "measured_samples_per_s": search.throughput if search else None}
 
 
-def worker(system: str, model_name: str, images: int) -> dict:
-    """One run of ``system`` in this (fresh) process: trace, counts, threads, peak RSS of it and its workers."""
+def worker(system: str, model_name: str, images: int, load_from_epoch: int | None = None) -> dict:
+    """One run of ``system`` in this (fresh) process: trace, counts, threads, peak RSS of it and its workers;
+    with ``load_from_epoch``, one matrix-product process per core starts after the epoch before it."""
     data = Images(model_name, images)
+    load: list[subprocess.Popen] = []
+    try:
+        return train_system(system, model_name, data, images, load, load_from_epoch)
+    finally:
+        stop_load(load)
+
+
+def train_system(system: str, model_name: str, data: Images, images: int, load: list[subprocess.Popen],
+                 load_from_epoch: int | None) -> dict:
+    """The body of ``worker``; the load processes it starts go into ``load``."""
     started = time.perf_counter()
     said = choose_threads(None) if system.startswith("growbatch") else None  # as `growbatch run` does
     torch.manual_seed(0)
     model = build_model(model_name, in_channels=data.inputs.shape[1], num_classes=10, image_size=data.inputs.shape[-1])
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     trace = Trace(len(SIZES))
+    if load_from_epoch is not None:
+        def start_load(epoch: int) -> None:
+            if epoch + 1 == load_from_epoch:
+                load.extend(start_load_processes(os.cpu_count() or 1))
+        trace.after_epoch = start_load
     with MemoryPeak() as memory:
         if system.startswith("growbatch"):
             size = system.removeprefix("growbatch ").removeprefix("micro ")
@@ -371,9 +391,10 @@ def worker(system: str, model_name: str, images: int) -> dict:
             "peak_pss_with_workers_mb": memory.peak_kb / 1024}
 
 
-def in_subprocess(system: str, model: str, images: int) -> dict:
+def in_subprocess(system: str, model: str, images: int, load_from_epoch: int | None = None) -> dict:
     """``worker`` in a fresh interpreter; a crash, an out-of-memory kill or a timeout is a run that did not finish."""
-    command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps({"system": system, "model": model, "images": images})]
+    command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps({"system": system, "model": model, "images": images,
+                                                                   "load_from_epoch": load_from_epoch})]
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     try:
@@ -390,12 +411,13 @@ def in_subprocess(system: str, model: str, images: int) -> dict:
     return result
 
 
-def measure_state(systems: tuple[str, ...], model: str, images: int, repeats: int) -> dict[str, list[dict]]:
+def measure_state(systems: tuple[str, ...], model: str, images: int, repeats: int,
+                  load_from_epoch: int | None = None) -> dict[str, list[dict]]:
     """Every system ``repeats`` times, interleaved, so machine noise falls on all of them."""
     runs: dict[str, list[dict]] = {system: [] for system in systems}
     for _ in range(repeats):
         for system in systems:
-            runs[system].append(in_subprocess(system, model, images))
+            runs[system].append(in_subprocess(system, model, images, load_from_epoch))
     return runs
 
 
@@ -425,6 +447,7 @@ def summarise(runs: list[dict]) -> dict:
     if "micro_batch_size_per_epoch" in first:
         row["micro_batch_size_per_epoch"] = [run["micro_batch_size_per_epoch"] for run in done]
         row["size_search_s"] = statistics.median(run["size_search_s"] for run in done)
+        row["size_retimings"] = [len(run.get("size_retimings", [])) for run in done]
     return row
 
 
@@ -455,18 +478,29 @@ def ratios(summary: dict[str, dict]) -> dict:
     return result
 
 
-def with_load(cores: int, measure: Callable[[], dict]) -> dict:
-    """``measure()`` beside ``cores`` processes of 512 x 512 matrix products (bench_threads.py's LOAD)."""
-    # a SIGTERM (a killed job) runs the finally below too, so no load process outlives the benchmark
+def start_load_processes(cores: int) -> list[subprocess.Popen]:
+    """``cores`` processes of 512 x 512 matrix products (bench_threads.py's LOAD), running when this returns."""
+    # a SIGTERM (a killed job) runs the callers' finally blocks too, so no load process outlives the benchmark
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     load = [subprocess.Popen([sys.executable, "-c", LOAD]) for _ in range(cores)]
+    time.sleep(3)  # the load processes import torch first
+    return load
+
+
+def stop_load(load: list[subprocess.Popen]) -> None:
+    for process in load:
+        process.kill()
+        process.wait()
+
+
+def with_load(cores: int, measure: Callable[[], dict]) -> dict:
+    """``measure()`` beside ``cores`` matrix-product processes."""
+    load: list[subprocess.Popen] = []
     try:
-        time.sleep(3)  # the load processes import torch first
+        load.extend(start_load_processes(cores))
         return measure()
     finally:
-        for process in load:
-            process.kill()
-            process.wait()
+        stop_load(load)
 
 
 def table(result: dict) -> str:
@@ -482,8 +516,10 @@ def table(result: dict) -> str:
             epochs = " / ".join(f"{rate:,.0f}" for rate in row["samples_per_s_per_epoch"])
             micro = ""
             if system == "growbatch auto":
+                retimed = row.get("size_retimings", [0])[0]
                 micro = " (micro " + "; ".join(",".join(map(str, sizes)) for sizes in
-                                               row["micro_batch_size_per_epoch"][0]) + ")"
+                                               row["micro_batch_size_per_epoch"][0]) + \
+                    (f"; re-timed {retimed}x" if retimed else "") + ")"
             lines.append(f"| {state} | {system}{micro} | {'/'.join(map(str, row['threads']))} | {epochs} | "
                          f"{row['samples_per_s']:,.0f} | {row['wall_s']:.1f} | {row['peak_rss_mb']:,.0f} / {row['peak_pss_with_workers_mb']:,.0f} | "
                          f"{row['updates']} ({row['planned_updates']}) | {row['stale_batches']} | "
@@ -499,12 +535,14 @@ def main() -> None:
                         help=f"{QUICK_IMAGES:,} images instead of {FULL_IMAGES:,} (mnist-cnn) and 4 systems")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds per machine state")
     parser.add_argument("--systems", help=f"comma-separated subset of: {', '.join(SYSTEMS)}")
+    parser.add_argument("--states", help="comma-separated machine states: idle, load (from the start), late-load "
+                                          "(from the second epoch); default all three, idle,load with --quick")
     parser.add_argument("--table", type=Path, metavar="RESULTS", help="print the Markdown table of a results file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         config = json.loads(args.worker)
-        print(json.dumps(worker(config["system"], config["model"], config["images"])))
+        print(json.dumps(worker(config["system"], config["model"], config["images"], config["load_from_epoch"])))
         return
     if args.table:
         print(table(json.loads(args.table.read_text())))
@@ -512,6 +550,10 @@ def main() -> None:
     images = QUICK_IMAGES if args.quick else FULL_IMAGES if args.model == "mnist-cnn" else RESNET_IMAGES
     cores = os.cpu_count() or 1
     systems = tuple(args.systems.split(",")) if args.systems else QUICK_SYSTEMS if args.quick else SYSTEMS
+    args.states = args.states or ("idle,load" if args.quick else ",".join(STATE_KEYS))
+    wrong = [state for state in args.states.split(",") if state not in STATE_KEYS]
+    if wrong:
+        parser.error(f"--states should name some of {', '.join(STATE_KEYS)}, but got {', '.join(wrong)}")
     unknown = [system for system in systems if system not in SYSTEMS]
     if unknown:
         parser.error(f"--systems should name some of {', '.join(SYSTEMS)}, but got {', '.join(unknown)}")
@@ -523,10 +565,13 @@ def main() -> None:
                           "torch_default_threads": torch.get_num_threads(), "load_average_before": os.getloadavg()},
               "states": {}}
     started = time.perf_counter()
-    states = {"idle": lambda: measure_state(systems, args.model, images, args.repeats),
-              f"beside {cores} matrix-product processes": lambda: with_load(
-                  cores, lambda: measure_state(systems, args.model, images, args.repeats))}
-    for state, measure in states.items():
+    states = {"idle": ("idle", lambda: measure_state(systems, args.model, images, args.repeats)),
+              "load": (f"beside {cores} matrix-product processes", lambda: with_load(
+                  cores, lambda: measure_state(systems, args.model, images, args.repeats))),
+              "late-load": (f"{cores} matrix-product processes from the second epoch", lambda: measure_state(
+                  systems, args.model, images, args.repeats, load_from_epoch=1))}
+    for key in args.states.split(","):
+        state, measure = states[key]
         runs = measure()
         summary = {system: summarise(system_runs) for system, system_runs in runs.items()}
         result["states"][state] = {"summary": summary, "ratios": ratios(summary), "runs": runs}
@@ -534,7 +579,9 @@ def main() -> None:
     result["bench_s"] = time.perf_counter() - started
     text = json.dumps(result, indent=2)
     print(text)
-    name = "peers.json" if args.model == "mnist-cnn" else f"peers-{args.model}.json"
+    # bench/results/peers[-resnet20][-STATES].json: a run of some states does not overwrite a run of all
+    subset = "" if args.states == ",".join(STATE_KEYS) else "-" + args.states.replace(",", "-")
+    name = f"peers{'' if args.model == 'mnist-cnn' else '-' + args.model}{subset}.json"
     Path("bench/results").mkdir(parents=True, exist_ok=True)
     Path("bench/results", name).write_text(text)
     print(table(result), file=sys.stderr)
