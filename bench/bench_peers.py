@@ -345,7 +345,6 @@ def run_growbatch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Imag
         trace.search_s[epoch] = micro.search_s - sum(trace.search_s)
     search = micro.size_search(images[:1]) if micro_batch_size == "auto" else None
     return {"micro_batch_size_per_epoch": [sorted(set(sizes)) for sizes in chosen], "size_search_s": micro.search_s,
-            "size_retimings": micro.size_retimings,
             "measured_samples_per_s": search.throughput if search else None}
 
 
@@ -447,7 +446,6 @@ def summarise(runs: list[dict]) -> dict:
     if "micro_batch_size_per_epoch" in first:
         row["micro_batch_size_per_epoch"] = [run["micro_batch_size_per_epoch"] for run in done]
         row["size_search_s"] = statistics.median(run["size_search_s"] for run in done)
-        row["size_retimings"] = [len(run.get("size_retimings", [])) for run in done]
     return row
 
 
@@ -516,10 +514,8 @@ def table(result: dict) -> str:
             epochs = " / ".join(f"{rate:,.0f}" for rate in row["samples_per_s_per_epoch"])
             micro = ""
             if system == "growbatch auto":
-                retimed = row.get("size_retimings", [0])[0]
                 micro = " (micro " + "; ".join(",".join(map(str, sizes)) for sizes in
-                                               row["micro_batch_size_per_epoch"][0]) + \
-                    (f"; re-timed {retimed}x" if retimed else "") + ")"
+                                               row["micro_batch_size_per_epoch"][0]) + ")"
             lines.append(f"| {state} | {system}{micro} | {'/'.join(map(str, row['threads']))} | {epochs} | "
                          f"{row['samples_per_s']:,.0f} | {row['wall_s']:.1f} | {row['peak_rss_mb']:,.0f} / {row['peak_pss_with_workers_mb']:,.0f} | "
                          f"{row['updates']} ({row['planned_updates']}) | {row['stale_batches']} | "

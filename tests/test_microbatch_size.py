@@ -10,12 +10,9 @@ from torch import nn
 from growbatch.batching.microbatch_size import (
     MEASURE_S,
     MEASURE_SAMPLES,
-    SLOWDOWN,
     STATE_COPIES,
-    WATCH_S,
     MemoryEstimate,
     SizeSearch,
-    ThroughputWatch,
     available_memory_bytes,
     fewest_passes,
     estimate_training_memory,
@@ -266,101 +263,3 @@ def test_running_out_of_memory_on_the_second_look_lowers_the_limit():
     search = SizeSearch(1, memory_limit=10**6)
     assert search.choose(3200, SlowThenOutOfMemory()) == 32
     assert search.memory_limit == 32 and search.finished
-
-
-def windows(watch: ThroughputWatch, rates: list[float]) -> list[bool]:
-    """Feed ``watch`` one window per rate (one update of WATCH_S seconds each); what it said after each."""
-    return [watch.add(round(rate * WATCH_S), WATCH_S) for rate in rates]
-
-
-def test_the_watch_fires_after_two_windows_in_a_row_that_are_slowdown_slower_than_the_level():
-    assert windows(ThroughputWatch(), [1000, 980, 600, 640]) == [False, False, False, True]
-    # one slow window (a hiccup) is not enough, and a window just inside SLOWDOWN is not slow
-    edge = 1000 / SLOWDOWN + 1
-    assert windows(ThroughputWatch(), [1000, 600, 900, 600, edge, 600, 990]) == [False] * 7
-    # the level is the fastest window: a machine that sped up (other work ended) is watched from there
-    assert windows(ThroughputWatch(), [600, 1500, 900, 950]) == [False, False, False, True]
-
-
-def test_the_watch_adds_updates_until_a_window_is_full():
-    watch = ThroughputWatch()
-    assert not any(watch.add(100, WATCH_S / 4) for _ in range(3)) and watch.level is None
-    assert not watch.add(100, WATCH_S / 4) and watch.level == 400 / WATCH_S  # 4 updates made the first window
-
-
-def test_a_slowed_machine_forgets_the_sizes_and_the_next_update_times_them_again():
-    rates = {16: 900, 32: 1300, 64: 1470, 128: 1500, 256: 1300, 512: 1200}
-    search = SizeSearch(1, memory_limit=10**6)
-    assert search.choose(3200, Curve(rates)) == 128
-    assert not search.trained(3200, 3200 / 1500) and not search.trained(3200, 3200 / 1400)
-    assert not search.trained(3200, 3200 / 600)  # one slow window
-    assert search.trained(3200, 3200 / 620) and search.throughput == {} and not search.finished
-    assert search.retimed == [(1500, 620)]
-    loaded = {16: 500, 32: 620, 64: 640, 128: 560, 256: 400, 512: 300}  # beside other work: smaller passes win
-    again = Curve(loaded)
-    assert search.choose(3200, again) == 64 and again.measured[:3] == [16, 32, 64]
-    assert search.watch.level is None  # the level starts again after timing
-    assert not search.trained(3200, 3200 / 640) and not search.trained(3200, 3200 / 630)
-
-
-def test_a_search_with_nothing_measured_is_not_watched():
-    search = SizeSearch(1, memory_limit=10**6)
-    assert search.choose(8, Curve({})) == 8  # below FIRST_CANDIDATE: one pass, nothing timed
-    assert not any(search.trained(8, seconds) for seconds in (0.001, 10.0, 10.0, 10.0))
-
-
-class Clock:
-    """Stands in for the time module in growbatch.batching.microbatch: time passes only in a Paced forward pass,
-    so the test sees the same durations on an idle and on a busy machine."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def perf_counter(self) -> float:
-        return self.now
-
-
-class Paced(nn.Module):
-    """A linear layer whose forward pass takes 20 us per sample on ``clock``, or 20x that once ``slow`` is set
-    (other work started on the machine)."""
-
-    def __init__(self, clock: Clock) -> None:
-        super().__init__()
-        self.linear, self.clock, self.slow = nn.Linear(4, 3), clock, False
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        self.clock.now += (4e-4 if self.slow else 2e-5) * len(inputs)
-        return self.linear(inputs)
-
-
-def test_micro_batcher_times_its_sizes_again_when_training_slows_down(monkeypatch):
-    from growbatch import MicroBatcher
-    from growbatch.batching import microbatch, microbatch_size
-
-    clock = Clock()
-    monkeypatch.setattr(microbatch, "time", clock)
-    monkeypatch.setattr(microbatch_size, "WATCH_S", 0.03)  # windows of 6 idle updates, or of one slow one
-    model = Paced(clock)
-    micro = MicroBatcher(model, F.cross_entropy, micro_batch_size="auto")
-    inputs, targets = torch.randn(256, 4), torch.randint(3, (256,))
-
-    def update() -> None:
-        model.zero_grad()
-        micro.backward(inputs, targets, global_batch_size=256)
-
-    for _ in range(20):  # updates of 5.1 ms
-        update()
-    assert micro.size_retimings == []
-    searched = micro.search_s
-    model.slow = True  # 102 ms an update
-    update()  # one slow window is not enough
-    assert micro.size_retimings == []
-    for _ in range(4):
-        update()
-    assert micro.size_retimings == [(pytest.approx(1 / 2e-5), pytest.approx(1 / 4e-4))]  # once, then watched anew
-    assert micro.search_s > searched + 0.1  # the re-timing's passes: charged to search_s
-    update()  # the gradient is still the whole batch's, whatever the sizes
-    grad = model.linear.weight.grad.clone()
-    model.zero_grad()
-    F.cross_entropy(model.linear(inputs), targets).backward()
-    torch.testing.assert_close(grad, model.linear.weight.grad)

@@ -86,9 +86,7 @@ class MicroBatcher:
             the fastest that fits the memory budget (see ``growbatch.batching.microbatch_size.SizeSearch``), measured once per input
             shape, dtype and device and extended when the local batch grows. In "auto", running out of
             memory (``torch.OutOfMemoryError``) halves the size and redoes the update from the start:
-            gradients are reset to None and buffers restored first, so nothing is counted twice. Training
-            at the chosen sizes is timed too: when it runs 1.5x slower than it did (other work started on
-            the machine), the sizes are timed again (NOTE [watch] in microbatch_size.py).
+            gradients are reset to None and buffers restored first, so nothing is counted twice.
         memory_budget_bytes: with "auto", the memory a step may use; default MEMORY_FRACTION of the
             memory available (RAM, or free GPU memory) when the size is first chosen.
         device: where micro-batches are computed (each is moved there: the logical batch may stay on
@@ -200,16 +198,12 @@ class MicroBatcher:
             return self._accumulate(inputs, targets, size, world_size / global_batch_size, length)
         while True:
             buffers = _copy_buffers(self.module)
-            started = time.perf_counter()
             try:
-                result = self._accumulate(inputs, targets, size, world_size / global_batch_size, length)
+                return self._accumulate(inputs, targets, size, world_size / global_batch_size, length)
             except torch.OutOfMemoryError:
                 smaller = None if self._synchronising else self.size_search(inputs).halve(size)
                 if smaller is None:
                     raise
-            else:  # _accumulate ends in a device-to-host copy, so the clock includes the device's work
-                self.size_search(inputs).trained(length, time.perf_counter() - started)  # NOTE [watch]
-                return result
             finally:
                 self._synchronising = False
             # outside the except block: the traceback, and the tensors its frames held, are gone
@@ -248,12 +242,6 @@ class MicroBatcher:
         """Samples/s measured so far per micro-batch size, for inputs shaped like ``inputs`` ("auto" only)."""
         search = self.size_search(inputs)
         return dict(search.throughput) if search is not None else {}
-
-    @property
-    def size_retimings(self) -> list[tuple[float, float]]:
-        """(level, slowed rate) in samples/s each time "auto" timed its sizes again because training had slowed
-        down by 1.5x (NOTE [watch] in microbatch_size.py), over all input signatures."""
-        return [retimed for search in self._searches.values() for retimed in search.retimed]
 
     def size_search(self, inputs: torch.Tensor) -> SizeSearch | None:
         """The search behind "auto" for inputs shaped like ``inputs`` (memory limit, estimate); None before one."""

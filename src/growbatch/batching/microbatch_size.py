@@ -19,8 +19,8 @@ from torch import nn
 
 from .structure import batch_length, map_tensors
 
-__all__ = ["MEMORY_FRACTION", "MemoryEstimate", "SizeSearch", "ThroughputWatch", "available_memory_bytes",
-           "estimate_training_memory", "fewest_passes", "largest_micro_batch_size", "window_throughput"]
+__all__ = ["MEMORY_FRACTION", "MemoryEstimate", "SizeSearch", "available_memory_bytes", "estimate_training_memory",
+           "fewest_passes", "largest_micro_batch_size", "window_throughput"]
 
 MEMORY_FRACTION = 0.5  # default budget: this fraction of the memory available when the size is first chosen
 SAVED_TENSOR_MARGIN = 1.25  # peak RSS per sample / saved bytes per sample measured 1.02-1.10 (bench/README.md)
@@ -30,8 +30,6 @@ GAIN = 1.05  # a larger candidate counts as faster only if it is 5% faster (timi
 PATIENCE = 2  # stop measuring after this many larger candidates that were not faster
 MEASURE_SAMPLES = 256  # a candidate is timed over passes of at least this many samples in all ...
 MEASURE_S = 0.25  # ... or at least this long, whichever comes first (NOTE [timing window])
-WATCH_S = 2.0  # training at the chosen sizes is timed over windows of at least this long (NOTE [watch]) ...
-SLOWDOWN = 1.5  # ... and two windows in a row this much slower than the level since the last timing re-time sizes
 
 
 def available_memory_bytes(device: torch.device) -> int:
@@ -189,44 +187,12 @@ def fewest_passes(throughput: dict[int, float]) -> int:
 # the best so far is measured once more, and the faster of its two windows counts.
 
 
-# NOTE [watch]: sizes are timed when a batch size first needs them, but the machine changes under a run: other work
-# starts, or stops, on a shared workstation or cluster node (issue 19). So training itself is timed, update by
-# update, at the sizes chosen: over windows of WATCH_S seconds, against a level, the fastest window since sizes
-# were last timed. Two windows in a row SLOWDOWN (1.5x) slower than that level start the search again from
-# the smallest candidate, under the machine's new conditions; one slow window is not enough (a window moves
-# by 10-20% beside other work). The re-timing is charged to size_search_s like the first, and the level starts
-# again from the next window. A run that speeds up needs nothing: the sizes timed before still work.
-
-
-class ThroughputWatch:
-    """Training samples/s at the chosen sizes over windows, against the fastest window since the last timing."""
-
-    def __init__(self) -> None:
-        self.level: float | None = None  # samples/s of the fastest window since sizes were last timed
-        self.last_rate: float | None = None  # of the latest complete window
-        self._slow = 0  # windows in a row SLOWDOWN slower than the level
-        self._samples, self._seconds = 0, 0.0
-
-    def reset(self) -> None:
-        """Sizes were just timed: the level starts again from the next window."""
-        self.level, self._slow, self._samples, self._seconds = None, 0, 0, 0.0
-
-    def add(self, samples: int, seconds: float) -> bool:
-        """One update's samples and seconds of training; True when throughput has dropped (NOTE [watch]).
-
-        Example: windows of 1,000, 980, 600 and 640 samples/s give True at the fourth (1,000 / 640 > 1.5).
-        """
-        self._samples += samples
-        self._seconds += seconds
-        if self._seconds < WATCH_S:
-            return False
-        self.last_rate = self._samples / self._seconds
-        self._samples, self._seconds = 0, 0.0
-        if self.level is None or self.last_rate > self.level:
-            self.level, self._slow = self.last_rate, 0
-            return False
-        self._slow = self._slow + 1 if self.last_rate * SLOWDOWN < self.level else 0
-        return self._slow >= 2
+# NOTE [no re-timing]: sizes are timed once per input signature, as batches first need them, and not again when the
+# machine changes under a run. Re-timing when training slowed 1.5x was tried (issue 19, bench_peers.py, MNIST CNN,
+# 2 threads chosen idle, then two matrix-product processes from the second epoch): it fired once and found the
+# better size (1,024 instead of 128: 645 against 312 samples/s without the timing), but timing ten sizes beside
+# the load took 52 s of an 82 s run. Small passes crawl there (16 samples: 31 samples/s at 2 threads), and large
+# ones take seconds each. The thread count chosen as the run starts matters more (bench/README.md section 7).
 
 
 class SizeSearch:
@@ -252,8 +218,6 @@ class SizeSearch:
         self.step, self.memory_limit, self.memory_estimate = step, memory_limit, memory_estimate
         self.throughput: dict[int, float] = {}  # samples/s per measured size
         self.finished = False  # stopped for a reason other than the local batch size
-        self.watch = ThroughputWatch()  # training at the chosen sizes (NOTE [watch]); not saved
-        self.retimed: list[tuple[float, float]] = []  # (level, slow rate) in samples/s at each re-timing
         self._not_faster = 0
 
     def state_dict(self) -> dict:
@@ -289,16 +253,6 @@ class SizeSearch:
             return cap
         return fewest_passes(measured)
 
-    def trained(self, samples: int, seconds: float) -> bool:
-        """Record an update trained at a chosen size; after a drop in throughput the sizes are forgotten, so the
-        next update times them again, and True is returned (NOTE [watch])."""
-        if not self.throughput or not self.watch.add(samples, seconds):
-            return False
-        self.retimed.append((self.watch.level, self.watch.last_rate))
-        self.throughput, self.finished, self._not_faster = {}, False, 0
-        self.watch.reset()
-        return True
-
     def halve(self, size: int) -> int | None:
         """After running out of memory at ``size``: the next size to try (and the new limit), or None."""
         smaller = size // 2 // self.step * self.step
@@ -323,7 +277,6 @@ class SizeSearch:
         for size in self._candidates(cap):
             if size in self.throughput:
                 continue
-            self.watch.reset()  # what training runs at may change with what is measured now
             rate = measure(size)
             if rate is not None and rate * GAIN < best:  # NOTE [second look]
                 again = measure(size)
