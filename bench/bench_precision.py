@@ -11,7 +11,7 @@ Part ``flops``: the MNIST CNN's float32 training FLOP/s as a fraction of the flo
 or ``fused``, 2 or 1 threads (each against the matmul rate at its own thread count), interleaved likewise;
 each variant's weights after a few updates are compared bit for bit with the baseline's (``exact``).
 
-Run: ``python bench/bench_precision.py`` (~3 min idle on 2 cores), ``--part precision`` or ``--part flops``.
+Run: ``python bench/bench_precision.py`` (~40 s idle on 2 cores), ``--part precision`` or ``--part flops``.
 """
 
 from __future__ import annotations
