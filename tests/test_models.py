@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from growbatch.models import MODEL_NAMES, DigitsCNN, MnistCNN, ResNet18, ResNet20, WideResNet, build_model
+from growbatch.models import MODEL_NAMES, AirbenchSmall, DigitsCNN, MnistCNN, ResNet18, ResNet20, WideResNet, build_model
 
 # name, in_channels, image_size, parameters for 10 classes
 MODELS = [
@@ -15,6 +15,7 @@ MODELS = [
     ("wrn-16-4", 3, 32, 2_748_890),
     ("resnet18", 3, 32, 11_173_962),
     ("resnet20", 3, 32, 269_722),
+    ("airbench-small", 3, 32, 295_480),
 ]
 
 
@@ -47,8 +48,27 @@ def resnet20_parameters(in_channels: int, num_classes: int) -> int:
     return total + 64 * num_classes + num_classes
 
 
+def airbench_small_parameters(in_channels: int, num_classes: int) -> int:
+    """AirbenchSmall's count from its definition: a 3x3 stem of 24 + BN, blocks of two 3x3 convs + BN each
+    (32, 64, 128), a linear head without bias."""
+    total, previous = in_channels * 24 * 9 + 2 * 24, 24
+    for channels in (32, 64, 128):
+        total += 9 * previous * channels + 9 * channels * channels + 4 * channels
+        previous = channels
+    return total + 128 * num_classes
+
+
 def test_model_names():
-    assert MODEL_NAMES == ("cnn", "mnist-cnn", "wrn-16-4", "resnet18", "resnet20")
+    assert MODEL_NAMES == ("cnn", "mnist-cnn", "wrn-16-4", "resnet18", "resnet20", "airbench-small")
+
+
+def test_airbench_small_counts_and_shape_of_its_features():
+    """The count follows from the definition; three max-pools take 32 x 32 to 4 x 4 before the global max-pool."""
+    model = build_model("airbench-small", in_channels=3, num_classes=10, image_size=32)
+    assert isinstance(model, AirbenchSmall) and parameter_count(model) == airbench_small_parameters(3, 10)
+    assert parameter_count(build_model("airbench-small", in_channels=1, num_classes=7, image_size=28)) == \
+        airbench_small_parameters(1, 7)
+    assert model.blocks(model.stem(batch(3, 32))).shape == (3, 128, 4, 4)
 
 
 def test_resnet20_counts_and_padded_shortcuts():
@@ -76,7 +96,7 @@ def test_output_shape_and_parameter_count(name, in_channels, image_size, paramet
 
 def test_classes_behind_the_names():
     kinds = [type(build_model(name, in_channels=c, num_classes=10, image_size=s)) for name, c, s, _ in MODELS]
-    assert kinds == [DigitsCNN, MnistCNN, WideResNet, ResNet18, ResNet20]
+    assert kinds == [DigitsCNN, MnistCNN, WideResNet, ResNet18, ResNet20, AirbenchSmall]
 
 
 @pytest.mark.parametrize("depth, width", [(16, 4), (10, 1), (22, 2), (16, 8)])
@@ -138,6 +158,7 @@ def test_same_seed_same_model(name, in_channels, image_size, parameters):
 @pytest.mark.parametrize("name, in_channels, image_size", [
     ("cnn", 1, 4), ("cnn", 3, 32), ("mnist-cnn", 1, 4), ("mnist-cnn", 3, 32), ("wrn-16-4", 1, 4), ("wrn-16-4", 1, 28),
     ("wrn-16-4", 1, 8), ("resnet18", 1, 8), ("resnet18", 1, 28), ("resnet20", 1, 4), ("resnet20", 1, 28),
+    ("airbench-small", 1, 8), ("airbench-small", 1, 28), ("airbench-small", 3, 33),
 ])
 def test_every_supported_size_runs(name, in_channels, image_size):
     model = build_model(name, in_channels=in_channels, num_classes=10, image_size=image_size)
@@ -184,9 +205,9 @@ def test_ghost_batch_norm_replaces_every_batch_norm(name, in_channels, image_siz
 
 @pytest.mark.parametrize("call, error, message", [
     (lambda: build_model("vgg16", in_channels=3, num_classes=10, image_size=32), ValueError,
-     r"unknown model 'vgg16'; valid names: cnn, mnist-cnn, wrn-16-4, resnet18, resnet20"),
+     r"unknown model 'vgg16'; valid names: cnn, mnist-cnn, wrn-16-4, resnet18, resnet20, airbench-small"),
     (lambda: build_model(None, in_channels=3, num_classes=10, image_size=32), TypeError,
-     r"name should be a str, one of cnn, mnist-cnn, wrn-16-4, resnet18, resnet20, but got NoneType"),
+     r"name should be a str, one of cnn, mnist-cnn, wrn-16-4, resnet18, resnet20, airbench-small, but got NoneType"),
     (lambda: build_model("cnn", in_channels=1, num_classes=10, image_size=10), ValueError,
      r"image_size should be a multiple of 4 for the cnn model \(two 2x2 max-pools\), but got image_size=10; use 8"),
     (lambda: build_model("mnist-cnn", in_channels=1, num_classes=10, image_size=30), ValueError,
@@ -195,6 +216,8 @@ def test_ghost_batch_norm_replaces_every_batch_norm(name, in_channels, image_siz
      r"image_size should be at least 4 for a Wide ResNet \(two stride-2 stages\), but got image_size=3"),
     (lambda: build_model("resnet18", in_channels=3, num_classes=10, image_size=7), ValueError,
      r"image_size should be at least 8 for resnet18 \(three stride-2 stages\), but got image_size=7; use the cnn"),
+    (lambda: build_model("airbench-small", in_channels=3, num_classes=10, image_size=7), ValueError,
+     r"image_size should be at least 8 for airbench-small \(three 2 x 2 max-pools\), but got image_size=7; use the cnn"),
     (lambda: build_model("cnn", in_channels=0, num_classes=10, image_size=8), ValueError,
      r"in_channels should be a positive integer, but got in_channels=0"),
     (lambda: build_model("resnet18", in_channels=3, num_classes=10.0, image_size=32), TypeError,

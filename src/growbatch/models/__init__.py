@@ -1,4 +1,5 @@
-"""The model families: a small CNN for the digits, the MNIST CNN, Wide ResNet, ResNet-18 and ResNet-20 for 32 x 32 images.
+"""The model families: a small CNN for the digits, the MNIST CNN, Wide ResNet, ResNet-18, ResNet-20 and an
+airbench-style network for 32 x 32 images.
 
 ``build_model(name, in_channels=..., num_classes=..., image_size=...)`` builds one by name and,
 with ``ghost_batch_size``, swaps its batch norms for ghost batch norms. Every model accepts
@@ -10,14 +11,15 @@ from __future__ import annotations
 from torch import nn
 
 from ..checks import check_positive_int
+from .airbench import AirbenchSmall
 from .cnn import DigitsCNN
 from .mnist_cnn import MnistCNN
 from .resnet import ResNet18, ResNet20
 from .wide_resnet import WideResNet
 
-__all__ = ["MODEL_NAMES", "LM_MODEL_NAMES", "DigitsCNN", "MnistCNN", "ResNet18", "ResNet20", "WideResNet", "build_model"]
+__all__ = ["MODEL_NAMES", "LM_MODEL_NAMES", "AirbenchSmall", "DigitsCNN", "MnistCNN", "ResNet18", "ResNet20", "WideResNet", "build_model"]
 
-MODEL_NAMES = ("cnn", "mnist-cnn", "wrn-16-4", "resnet18", "resnet20")
+MODEL_NAMES = ("cnn", "mnist-cnn", "wrn-16-4", "resnet18", "resnet20", "airbench-small")
 LM_MODEL_NAMES = ("gpt-tiny", "gpt-small")  # language models: growbatch.models.gpt, built by the lm task
 
 
@@ -36,6 +38,8 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
             wrn-16-4    :class:`WideResNet` (16, 4), pre-activation   >= 4          2,748,890 (3 x 32 x 32)
             resnet18    :class:`ResNet18`, 3x3 stem, no max-pool      >= 8          11,173,962 (3 x 32 x 32)
             resnet20    :class:`ResNet20`, He et al.'s CIFAR network  >= 4          269,722 (3 x 32 x 32)
+            airbench-   :class:`AirbenchSmall`, 7 conv 3x3, after     >= 8          295,480 (3 x 32 x 32)
+            small       airbench94, widths 32/64/128
             =========== ============================================= ============= ==========
 
             (parameters for 10 classes.)
@@ -72,8 +76,10 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
         model = WideResNet(16, 4, num_classes, in_channels, image_size=image_size)
     elif name == "resnet18":
         model = ResNet18(num_classes, in_channels, image_size)
-    else:
+    elif name == "resnet20":
         model = ResNet20(num_classes, in_channels, image_size)
+    else:
+        model = AirbenchSmall(num_classes, in_channels, image_size)
     if ghost_batch_size is not None:
         # imported here: ghost batch norm is optional for building models and lives in its own module
         from ..batching.ghost_bn import convert_to_ghost_batch_norm

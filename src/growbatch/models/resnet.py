@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..checks import check_positive_int
+from .shapes import check_downsampling_cnn
 
 __all__ = ["ResNet18", "ResNet20"]
 
@@ -72,12 +72,7 @@ class ResNet18(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> None:
-        check_positive_int("num_classes", num_classes)
-        check_positive_int("in_channels", in_channels)
-        check_positive_int("image_size", image_size)
-        if image_size < _MIN_IMAGE_SIZE:
-            raise ValueError(f"image_size should be at least {_MIN_IMAGE_SIZE} for resnet18 (three stride-2 stages), "
-                             f"but got image_size={image_size}; use the cnn model for smaller images")
+        check_downsampling_cnn("resnet18", in_channels, num_classes, image_size, _MIN_IMAGE_SIZE, "three stride-2 stages")
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, _STAGE_CHANNELS[0], 3, padding=1, bias=False),
                                   nn.BatchNorm2d(_STAGE_CHANNELS[0]), nn.ReLU(inplace=True))
@@ -121,12 +116,7 @@ class ResNet20(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> None:
-        check_positive_int("num_classes", num_classes)
-        check_positive_int("in_channels", in_channels)
-        check_positive_int("image_size", image_size)
-        if image_size < 4:
-            raise ValueError(f"image_size should be at least 4 for resnet20 (two stride-2 stages), "
-                             f"but got image_size={image_size}; use the cnn model for smaller images")
+        check_downsampling_cnn("resnet20", in_channels, num_classes, image_size, 4, "two stride-2 stages")
         super().__init__()
         first = _RESNET20_CHANNELS[0]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, first, 3, padding=1, bias=False),
