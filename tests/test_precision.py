@@ -16,6 +16,7 @@ from growbatch.data import load_dataset
 from growbatch.training import ClassificationTask, DistInfo, RunSettings, Trainer, train_run
 from growbatch.training.checkpoint import check_compatible
 from growbatch.training.experiments import ExperimentConfig, run_configs
+from growbatch.training.precision import cpu_bf16_note, cpu_flags
 from growbatch.training.task import autocast_dtype, evaluation_autocast
 
 RUN = "decay-momentum-seed0"
@@ -124,3 +125,46 @@ def test_help_says_what_precision_does_and_its_default() -> None:
                           timeout=60)
     text = " ".join(done.stdout.split())
     assert "--precision {fp32,bf16}" in text and "torch.autocast to bfloat16" in text and "(default: fp32)" in text
+
+
+CPUINFO = "processor\t: 0\nvendor_id\t: {vendor}\n{key}\t\t: fpu sse2 avx2 {extra}\n\nprocessor\t: 1\n"
+
+
+@pytest.mark.parametrize("vendor, key, extra, warned", [
+    ("GenuineIntel", "flags", "avx512f avx512bw avx512_vnni", True),  # the Xeon of bench/README.md section 8
+    ("AuthenticAMD", "flags", "avx512f avx512_bf16", False),  # Zen 4
+    ("GenuineIntel", "flags", "avx512f amx_tile amx_bf16", False),  # Sapphire Rapids
+    ("", "Features", "fp asimd bf16", False),  # Arm with the BF16 extension
+    ("", "Features", "fp asimd", True),
+])
+def test_bf16_on_a_cpu_without_bfloat16_instructions_is_warned_of(tmp_path: Path, vendor: str, key: str,
+                                                                  extra: str, warned: bool) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO.format(vendor=vendor, key=key, extra=extra))
+    note = cpu_bf16_note("bf16", torch.device("cpu"), cpuinfo)
+    assert (note is not None) == warned
+    if warned:
+        assert note.count("\n") == 0 and "--precision bf16 on a CPU without bfloat16 instructions" in note
+        assert "avx512_bf16, amx_bf16, bf16" in note and "--precision fp32 is likely faster here" in note
+
+
+def test_no_bf16_warning_for_fp32_a_gpu_or_an_unreadable_cpuinfo(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO.format(vendor="GenuineIntel", key="flags", extra="avx512f"))
+    assert cpu_bf16_note("bf16", torch.device("cpu"), cpuinfo) is not None
+    assert cpu_bf16_note("fp32", torch.device("cpu"), cpuinfo) is None
+    assert cpu_bf16_note("bf16", torch.device("cuda"), cpuinfo) is None
+    assert cpu_bf16_note("bf16", torch.device("cpu"), tmp_path / "absent") is None
+    assert cpu_flags(tmp_path / "absent") is None
+
+
+def test_the_run_prints_the_bf16_warning_once_where_the_cpu_lacks_bfloat16(runs: dict[str, Path],
+                                                                           tmp_path: Path) -> None:
+    expected = cpu_bf16_note("bf16", torch.device("cpu"))  # this machine's own answer
+    done = subprocess.run([sys.executable, "-m", "growbatch", "run", *SMALL, "--epochs", "1", "--precision", "bf16",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    if expected is None:
+        assert "without bfloat16 instructions" not in done.stderr
+    else:
+        assert done.stderr.count(expected) == 1

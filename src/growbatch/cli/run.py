@@ -18,6 +18,7 @@ from ..report import build_report
 from ..training.distributed import DistInfo, setup, teardown
 from ..training.experiments import run_experiment
 from ..training.lm import run_lm_experiment
+from ..training.precision import cpu_bf16_note
 from ..training.settings import (
     EXPERIMENTS,
     ExperimentConfig,
@@ -137,6 +138,8 @@ def _run(args: argparse.Namespace) -> int:
     stop = StopFlag()
     previous_handlers = _install_stop_handlers(stop)
     note = choose_threads(args.workers)  # NOTE [threads under load] in training/threads.py; undone in finally
+    bf16_note = cpu_bf16_note(config.precision, info.device)  # NOTE [bf16 on the CPU] in training/precision.py
+    note = "\n".join(line for line in (note, bf16_note) if line) or None
     in_step = False  # True where every rank ends the same way at the same point (then they leave together)
     try:
         _train_and_report(args, config, out, info, stop, note)
@@ -174,7 +177,7 @@ def _run(args: argparse.Namespace) -> int:
 def _train_and_report(args: argparse.Namespace, config: ExperimentConfig, out: Path, info: DistInfo,
                       stop: StopFlag, note: str | None) -> None:
     """Train the experiment into ``out``, then (on rank 0) write the report and print its path; ``note`` (the
-    thread count chosen) is printed as the first epoch starts."""
+    thread count chosen, a bf16 warning) is printed as the first epoch starts."""
     if args.resume and info.is_main and (not out.exists() or out.is_dir() and not any(out.iterdir())):
         # NOTE [resume fresh]: `growbatch run --resume` is the idempotent command (make demo): with nothing
         # to continue it starts the experiment, but says so, since a mistyped --out looks the same
