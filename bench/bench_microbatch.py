@@ -107,11 +107,15 @@ def run_growbatch(name: str, logical: int, micro_batch_size: int | str = "auto",
         results.append(micro.backward(inputs[:share], targets[:share], global_batch_size=logical))
         optimizer.step()
 
-    first_s = timed(update, 1)[0]  # with "auto": measures candidate sizes, then updates
+    # with "auto": the first updates train at candidate sizes while they are timed (NOTE [online timing])
+    searching = timed(update, 1)
+    while (search := micro.size_search(inputs)) is not None and search.candidate(share) is not None:
+        searching += timed(update, 1)
+    first_s = sum(searching)
     seconds = timed(update, MODELS[name]["updates"].get(logical, 1))
-    search = micro.size_search(inputs)
     return {
-        "samples_per_s": share / statistics.median(seconds), "first_update_s": first_s,
+        "samples_per_s": share / statistics.median(seconds), "searching_s": first_s,
+        "updates_while_searching": len(searching),
         "update_s": statistics.median(seconds), "samples_per_update": share,
         "micro_batch_size": results[-1].micro_batch_size, "micro_batches": results[-1].micro_batches,
         "measured_samples_per_s": micro.measured_throughput(inputs),

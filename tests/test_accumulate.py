@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from contextlib import contextmanager
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import growbatch.batching.microbatch as microbatch_module
 from growbatch.batching.microbatch import MicroBatcher, StepResult
 from growbatch.batching.ghost_bn import GhostBatchNorm2d
 from growbatch.batching.microbatch_size import estimate_training_memory
@@ -290,27 +292,96 @@ def test_auto_fits_a_tiny_memory_budget():
     assert_relative_close(gradients(model), full_batch_gradients(model, inputs, targets))
 
 
-def test_auto_measures_once_per_input_signature_and_leaves_no_trace():
+def test_the_search_trains_as_a_fixed_size_would_and_the_memory_estimate_leaves_no_trace():
+    """NOTE [online timing]: an update while sizes are timed is an ordinary update at the candidate size, and the
+    memory estimate's forward pass changes neither the RNG (dropout masks) nor the batch-norm statistics."""
     model = FlakyMemory(make(lambda: nn.Sequential(cnn(nn.BatchNorm2d), nn.Dropout(0.2))))
     inputs, targets = batch(64)
     micro = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
     reference = copy.deepcopy(model)
     torch.manual_seed(5)
     result = micro.backward(inputs, targets, global_batch_size=64)
-    measured = model.count - result.micro_batches
-    assert measured > 0 and micro.measured_throughput(inputs)
-    # the measurement changed neither the RNG (dropout masks) nor the batch-norm statistics
+    assert result.micro_batch_size == 16 and result.micro_batches == 4  # the first candidate
+    assert model.count == 1 + result.micro_batches  # the memory estimate and the update's own passes: no others
     torch.manual_seed(5)
-    MicroBatcher(reference, F.cross_entropy, micro_batch_size=result.micro_batch_size).backward(
-        inputs, targets, global_batch_size=64)
-    assert_relative_close(gradients(model), gradients(reference), 1e-6)
+    MicroBatcher(reference, F.cross_entropy, micro_batch_size=16).backward(inputs, targets, global_batch_size=64)
+    for name, value in gradients(reference).items():
+        assert torch.equal(gradients(model)[name], value), name
     for name, value in reference.state_dict().items():
-        torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0)
-    model.count = 0
-    torch.manual_seed(5)
-    assert micro.backward(inputs, targets, global_batch_size=64) == result
-    assert model.count == result.micro_batches  # the cached choice: no measurement
+        assert torch.equal(model.state_dict()[name], value), name
     assert micro.measured_throughput(inputs.double()) == {}  # another dtype is another signature
+
+
+class Clock:
+    """Stands in for the ``time`` module in growbatch.batching.microbatch: it advances only by Clocked passes."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class Clocked(nn.Module):
+    """A model whose forward pass of n samples takes n / rate(n) seconds on ``clock``; records each pass's size."""
+
+    def __init__(self, module: nn.Module, clock: Clock, rates: dict[int, float]) -> None:
+        super().__init__()
+        self.module, self.clock, self.rates, self.sizes = module, clock, rates, []
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(inputs))
+        self.clock.now += len(inputs) / self.rates[len(inputs)]
+        return self.module(inputs)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(microbatch_module, "time", fake)
+    return fake
+
+
+CPU_RATES = {16: 1000.0, 32: 2000.0, 64: 2100.0, 128: 1500.0}  # samples/s per pass size
+
+
+def test_auto_times_its_own_training_passes_and_settles_on_the_fewest_passes_within_gain(clock: Clock):
+    model = Clocked(make(cnn), clock, CPU_RATES)
+    inputs, targets = batch(128)
+    micro = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
+    expected = full_batch_gradients(model, inputs, targets)
+    used, passes = [], 0
+    for _ in range(20):
+        model.zero_grad(set_to_none=True)
+        result = micro.backward(inputs, targets, global_batch_size=128)
+        assert_relative_close(gradients(model), expected)  # every update, searching or not, is the whole batch's
+        used.append(result.micro_batch_size)
+        passes += result.micro_batches
+    assert len(model.sizes) == 1 + passes  # the memory estimate (16 samples), then only training passes
+    assert micro.measured_throughput(inputs) == pytest.approx(CPU_RATES)  # every window measured its true rate
+    assert micro.search_s == pytest.approx(16 / 1000)  # the estimate's forward pass: the timing cost nothing
+    # each candidate for a warm-up pass and 256 samples (16: 17 passes over 3 updates; 32: 9; 64: 5; 128: 3); 128
+    # looked 29% slower than 64, so it had a second look; 64 and 128 were not 5% faster than 32, which ends the
+    # search: 64, the largest size within 5% of the fastest (2,100 samples/s)
+    assert used == [16] * 3 + [32] * 3 + [64] * 3 + [128] * 6 + [64] * 5
+    assert micro.size_retimings == 0
+
+
+def test_auto_times_the_sizes_again_when_the_machine_changes_under_the_run(clock: Clock):
+    model = Clocked(make(cnn), clock, dict(CPU_RATES))
+    inputs, targets = batch(128)
+    micro = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
+    for _ in range(20):
+        micro.backward(inputs, targets, global_batch_size=128)
+    assert micro.backward(inputs, targets, global_batch_size=128).micro_batch_size == 64
+    # other work starts (NOTE [watch]): small passes slow down most, one pass of 128 is now the fastest
+    model.rates.update({16: 200.0, 32: 400.0, 64: 600.0, 128: 1200.0})
+    sizes = [micro.backward(inputs, targets, global_batch_size=128).micro_batch_size for _ in range(60)]
+    assert micro.size_retimings == 1 and sizes[-1] == 128
+    assert micro.measured_throughput(inputs) == pytest.approx({16: 200.0, 32: 400.0, 64: 600.0, 128: 1200.0})
+    # the new search began after two windows of 2 s at 64 (the first began before the change, the second
+    # ran at 600 samples/s, 3.5x slower than measured: 19 passes, 2 an update), not after one
+    assert 2 * math.ceil(2.0 * 600 / 128) - 2 <= sizes.index(16) <= 2 * math.ceil(2.0 * 600 / 128) + 1
 
 
 def test_a_local_batch_below_the_first_candidate_runs_in_one_pass():
@@ -440,11 +511,13 @@ def test_transform_must_be_callable():
 
 
 def _timed_auto_batcher() -> tuple[FlakyMemory, torch.Tensor, torch.Tensor, StepResult, dict]:
-    """An "auto" MicroBatcher after one update of 256 (sizes timed), with its state_dict."""
+    """An "auto" MicroBatcher after updates of 256 until its size is chosen, with its state_dict."""
     model = FlakyMemory(make(cnn))
     inputs, targets = batch(256)
     first = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
-    result = first.backward(inputs, targets, global_batch_size=256)
+    while first.size_search(inputs) is None or first.size_search(inputs).candidate(256) is not None:
+        result = first.backward(inputs, targets, global_batch_size=256)
+    result = first.backward(inputs, targets, global_batch_size=256)  # at the chosen size
     assert first.measured_throughput(inputs)
     return model, inputs, targets, result, first.state_dict()
 
@@ -469,8 +542,8 @@ def test_restored_measurements_of_another_device_type_are_measured_again():
     elsewhere.load_state_dict(state)
     assert elsewhere.state_dict()["searches"] == []
     model.count = 0
-    elsewhere.backward(inputs, targets, global_batch_size=256)
-    assert model.count > 1 + result.micro_batches  # timed here
+    searching = elsewhere.backward(inputs, targets, global_batch_size=256)
+    assert searching.micro_batch_size == 16 and model.count == 1 + searching.micro_batches  # timed here, from 16
 
 
 def test_a_state_dict_of_another_version_is_rejected():

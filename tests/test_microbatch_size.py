@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +14,10 @@ from growbatch.batching.microbatch_size import (
     MEASURE_SAMPLES,
     STATE_COPIES,
     MemoryEstimate,
+    WATCH_S,
     SizeSearch,
+    SpeedWatch,
+    TimingWindow,
     available_memory_bytes,
     fewest_passes,
     estimate_training_memory,
@@ -263,3 +268,65 @@ def test_running_out_of_memory_on_the_second_look_lowers_the_limit():
     search = SizeSearch(1, memory_limit=10**6)
     assert search.choose(3200, SlowThenOutOfMemory()) == 32
     assert search.memory_limit == 32 and search.finished
+
+
+def test_the_search_driven_one_window_at_a_time_makes_the_same_choice_as_choose():
+    """NOTE [online timing]: candidate() / record() is choose() taken apart, for a caller that times training."""
+    rates = {16: 568, 32: 593, 64: 640, 128: 650, 256: 655, 512: 500}
+    online, offline = SizeSearch(1, memory_limit=10**6), SizeSearch(1, memory_limit=10**6)
+    looks = []
+    while (size := online.candidate(3200)) is not None:
+        looks.append(size)
+        online.record(size, 420.0 if looks == [16, 32, 64] else rates[size])  # one slowed window at 64
+    assert looks == [16, 32, 64, 64, 128, 256] and online.chosen(3200) == 256
+    assert online.throughput == {size: rate for size, rate in rates.items() if size <= 256}  # 512 never measured
+    assert offline.choose(3200, Curve(rates)) == online.chosen(3200) and offline.throughput == online.throughput
+
+
+def test_a_pending_second_look_survives_a_checkpoint():
+    search = SizeSearch(1, memory_limit=10**6)
+    for size, rate in ((16, 1000.0), (32, 900.0)):  # 32 looks 10% slower: a second look is due
+        assert search.candidate(3200) == size
+        search.record(size, rate)
+    resumed = SizeSearch(1, memory_limit=10**6)
+    resumed.load_state_dict(search.state_dict())
+    assert resumed.candidate(3200) == 32
+    resumed.record(32, 980.0)
+    assert resumed.throughput == {16: 1000.0, 32: 980.0}  # the faster of the two windows
+    old = search.state_dict()
+    del old["first_look"]  # a checkpoint written before the second look was kept
+    resumed.load_state_dict(old)
+    assert resumed.candidate(3200) == 32 and resumed.throughput == {16: 1000.0}
+
+
+def test_restart_forgets_the_measurements_but_not_the_memory_limit():
+    search = SizeSearch(1, memory_limit=300)
+    search.choose(3200, Curve(rate=lambda size: 100.0 * size))
+    assert search.finished and search.memory_limit == 300
+    search.restart()
+    assert (search.throughput, search.finished, search.memory_limit) == ({}, False, 300)
+    assert search.candidate(3200) == 16
+
+
+def test_the_timing_window_counts_passes_after_its_warm_up():
+    window = TimingWindow(64)
+    assert [window.add(seconds) for seconds in (0.1, 0.02, 0.06, 0.02)] == [None] * 4
+    assert window.add(0.06) == pytest.approx(256 / 0.16)
+
+
+@pytest.mark.parametrize("rates, changed_at", [
+    ([1000.0] * 6, None),  # as measured
+    ([640.0, 600.0], 2),  # 1.56x and 1.67x slower: two windows in a row
+    ([1600.0, 1600.0], 2),  # 1.6x faster: other work ended
+    ([600.0, 1000.0, 600.0, 1000.0], None),  # one slow window between normal ones
+    ([1400.0, 700.0, 1400.0], None),  # 1.4x either way: within WATCH_CHANGE
+])
+def test_the_speed_watch_says_the_machine_changed_after_two_windows_off_by_the_factor(rates, changed_at):
+    watch = SpeedWatch(64, measured=1000.0)
+    said = []
+    for rate in rates:  # each window: passes of 64 at this rate until WATCH_S seconds
+        passes = math.ceil(WATCH_S * rate / 64)
+        said.append([watch.add(64 / rate) for _ in range(passes)])
+    windows_that_said = [index + 1 for index, window in enumerate(said) if any(window)]
+    assert windows_that_said == ([] if changed_at is None else [changed_at])
+    assert all(not any(window[:-1]) for window in said)  # only a window's last pass can close it

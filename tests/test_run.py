@@ -309,7 +309,8 @@ def test_the_custom_loop_example_runs_its_schedule() -> None:
 
 
 def test_the_auto_micro_batch_search_is_timed_apart_from_wall_s(tmp_path: Path) -> None:
-    """NOTE [honest wall time]: timing candidate micro-batch sizes is size_search_s, not the run's wall_s."""
+    """NOTE [honest wall time]: auto's memory estimate (a pass that trains nothing) is size_search_s, not the run's
+    wall_s; its timing of sizes is training (NOTE [online timing]) and no part of size_search_s."""
     for flags, name in ((["--micro-batch-size", "auto"], "auto"), (["--micro-batch-size", "128"], "fixed")):
         out = tmp_path / name
         started = time.perf_counter()
@@ -317,7 +318,7 @@ def test_the_auto_micro_batch_search_is_timed_apart_from_wall_s(tmp_path: Path) 
                      "--no-progress", "--out", str(out), *flags]) == 0
         elapsed = time.perf_counter() - started
         record = json.loads((out / "decay-momentum-seed0" / "metrics.jsonl").read_text().splitlines()[0])
-        if name == "auto":
+        if name == "auto":  # that it is the estimate alone: test_accumulate.py's clocked search_s test
             assert record["size_search_s"] > 0
         else:
             assert record["size_search_s"] == 0.0

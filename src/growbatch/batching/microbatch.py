@@ -23,10 +23,11 @@ from .microbatch_size import (
     FIRST_CANDIDATE,
     MEMORY_FRACTION,
     SizeSearch,
+    SpeedWatch,
+    TimingWindow,
     available_memory_bytes,
     estimate_training_memory,
     largest_micro_batch_size,
-    window_throughput,
 )
 from .noise_scale import GradientNoiseScale
 from .structure import batch_length, batch_signature, map_tensors, slice_batch, split_batch
@@ -83,8 +84,11 @@ class MicroBatcher:
             ``loss(model, inputs, targets)`` -> (the mean loss over the micro-batch, a dict of metric
             sums over its samples as tensors); the sums are added up over the micro-batches.
         micro_batch_size: samples per forward pass, or ``"auto"``: the largest measured size within 5% of
-            the fastest that fits the memory budget (see ``growbatch.batching.microbatch_size.SizeSearch``), measured once per input
-            shape, dtype and device and extended when the local batch grows. In "auto", running out of
+            the fastest that fits the memory budget (see ``growbatch.batching.microbatch_size.SizeSearch``),
+            measured per input shape, dtype and device by timing the training passes themselves (updates
+            are split into candidate sizes while they are measured), extended when the local batch grows,
+            and measured again when training at the chosen size speeds up or slows down 1.5x on a CPU
+            (other work started or ended). In "auto", running out of
             memory (``torch.OutOfMemoryError``) halves the size and redoes the update from the start:
             gradients are reset to None and buffers restored first, so nothing is counted twice.
         memory_budget_bytes: with "auto", the memory a step may use; default MEMORY_FRACTION of the
@@ -157,8 +161,12 @@ class MicroBatcher:
         # a trailing micro-batch of one sample joins the one before it (the gradient is the same sum)
         self._folds_single_sample = any(isinstance(m, nn.BatchNorm1d) for m in self.module.modules())
         self._searches: dict[tuple, SizeSearch] = {}
-        self.search_s = 0.0  # seconds spent timing candidate sizes for "auto" (no update; kept out of wall_s)
+        self.search_s = 0.0  # seconds of "auto"'s memory estimate, a forward pass that trains nothing (not in wall_s)
+        self.size_retimings = 0  # searches started again because training at the chosen size changed speed
         self._restored: dict[tuple, dict] = {}  # searches from load_state_dict, not used yet
+        self._windows: dict[tuple, TimingWindow] = {}  # the candidate being timed, per signature
+        self._watches: dict[tuple, SpeedWatch] = {}  # the chosen size's speed, per signature (CPU)
+        self._timing: tuple[tuple, TimingWindow | SpeedWatch] | None = None  # what this update's passes feed
         self._synchronising = False  # True during a DDP model's last (all-reducing) micro-batch
 
     def backward(self, inputs: Any, targets: Any, *, global_batch_size: int,
@@ -202,6 +210,8 @@ class MicroBatcher:
                 return self._accumulate(inputs, targets, size, world_size / global_batch_size, length)
             except torch.OutOfMemoryError:
                 smaller = None if self._synchronising else self.size_search(inputs).halve(size)
+                self._timing = None  # the size that ran out of memory is measured no further
+                self._windows.pop(_signature(inputs, self), None)
                 if smaller is None:
                     raise
             finally:
@@ -256,6 +266,10 @@ class MicroBatcher:
         for index, (micro_inputs, micro_targets) in enumerate(pieces):
             last = index == len(pieces) - 1
             samples = sizes[index]
+            timed = self._timing is not None and samples == self._timing[1].size  # NOTE [online timing]
+            if timed:
+                _synchronize(self.device)
+                started = time.perf_counter()
             micro_inputs = self._prepare(self._to_device(micro_inputs))
             micro_targets = self._to_device(micro_targets)
             self._synchronising = last and hasattr(self.model, "no_sync")
@@ -269,6 +283,9 @@ class MicroBatcher:
                 (loss * weight).backward()
             if self.noise_scale is not None:
                 self.noise_scale.end_micro_batch()
+            if timed:
+                _synchronize(self.device)
+                self._timed(time.perf_counter() - started)
             loss_sum += loss.detach().double() * samples
             for key, value in micro_sums.items():
                 sums[key] = sums[key] + value.detach() if key in sums else value.detach()
@@ -314,6 +331,7 @@ class MicroBatcher:
         return half if half < share else size
 
     def _chosen_size(self, inputs: Any, targets: Any, length: int) -> int:
+        self._timing = None
         if self.micro_batch_size != "auto":
             return min(self.micro_batch_size, length)
         key = _signature(inputs, self)
@@ -323,9 +341,38 @@ class MicroBatcher:
                 self._searches[key] = self._new_search(inputs, targets, length)
                 if key in self._restored:
                     self._searches[key].load_state_dict(self._restored.pop(key))
-            return self._searches[key].choose(length, lambda size: self._measure(inputs, targets, size))
-        finally:  # the estimate and the timed passes; choosing among sizes already timed costs microseconds
+        finally:  # the memory estimate's forward pass; the search's timed passes train (NOTE [online timing])
             self.search_s += time.perf_counter() - started
+        search = self._searches[key]
+        cap = self._split_for_noise_scale(length, length)  # the largest pass this share can have
+        size = search.candidate(cap)
+        if size is not None:
+            if key not in self._windows or self._windows[key].size != size:
+                self._windows[key] = TimingWindow(size)
+            self._timing = (key, self._windows[key])
+            return size
+        size = search.chosen(cap)
+        if self.device.type == "cpu" and size in search.throughput:  # NOTE [watch]
+            watch = self._watches.get(key)
+            if watch is None or (watch.size, watch.measured) != (size, search.throughput[size]):
+                self._watches[key] = SpeedWatch(size, search.throughput[size])
+            self._timing = (key, self._watches[key])
+        return size
+
+    def _timed(self, seconds: float) -> None:
+        """One training pass of the size being timed took ``seconds``: feed the window or the watch."""
+        key, tracker = self._timing
+        if isinstance(tracker, TimingWindow):
+            rate = tracker.add(seconds)
+            if rate is not None:
+                self._searches[key].record(tracker.size, rate)
+                del self._windows[key]
+                self._timing = None  # the rest of this update's passes are not timed
+        elif tracker.add(seconds):  # the machine changed under the run: time the sizes again
+            self._searches[key].restart()
+            del self._watches[key]
+            self.size_retimings += 1
+            self._timing = None
 
     def _new_search(self, inputs: Any, targets: Any, length: int) -> SizeSearch:
         step = self.ghost_batch_size or 1
@@ -344,30 +391,6 @@ class MicroBatcher:
         if self.ghost_batch_size is not None:
             check_ghost_batch_size(self.ghost_batch_size, limit)  # the budget must fit one ghost batch
         return SizeSearch(step, limit, estimate)
-
-    def _measure(self, inputs: Any, targets: Any, size: int) -> float | None:
-        """Samples/s of forward + backward at ``size`` over a timing window (NOTE [timing window] in
-        microbatch_size.py), None if out of memory."""
-        micro_inputs = self._prepare(self._to_device(slice_batch(inputs, 0, size)))
-        micro_targets = self._to_device(slice_batch(targets, 0, size))
-        parameters = [p for p in self.module.parameters() if p.requires_grad]
-
-        def timed_pass() -> float:
-            _synchronize(self.device)
-            started = time.perf_counter()
-            with self._autocast():
-                loss, _ = self.loss(self.module, micro_inputs, micro_targets)
-            # autograd.grad leaves .grad alone and bypasses DDP's hooks
-            torch.autograd.grad(loss, parameters, allow_unused=True)
-            _synchronize(self.device)
-            return time.perf_counter() - started
-
-        try:
-            with self._unchanged_state():
-                return window_throughput(size, timed_pass)
-        except torch.OutOfMemoryError:
-            _empty_cache(self.device)
-            return None
 
     @contextmanager
     def _unchanged_state(self) -> Iterator[None]:

@@ -1,7 +1,8 @@
 """The automatic micro-batch size: the fastest measured size whose training step fits the memory budget.
 
 Memory per sample comes from the tensors autograd saves during one forward pass (see NOTE [memory]);
-throughput from timing forward + backward at candidate sizes (see :class:`SizeSearch`).
+throughput from timing the training passes themselves at candidate sizes (see :class:`SizeSearch`,
+NOTE [online timing]), watched afterwards for a change of speed (:class:`SpeedWatch`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from torch import nn
 
 from .structure import batch_length, map_tensors
 
-__all__ = ["MEMORY_FRACTION", "MemoryEstimate", "SizeSearch", "available_memory_bytes", "estimate_training_memory",
-           "fewest_passes", "largest_micro_batch_size", "window_throughput"]
+__all__ = ["MEMORY_FRACTION", "MemoryEstimate", "SizeSearch", "SpeedWatch", "TimingWindow", "available_memory_bytes",
+           "estimate_training_memory", "fewest_passes", "largest_micro_batch_size", "window_throughput"]
 
 MEMORY_FRACTION = 0.5  # default budget: this fraction of the memory available when the size is first chosen
 SAVED_TENSOR_MARGIN = 1.25  # peak RSS per sample / saved bytes per sample measured 1.02-1.10 (bench/README.md)
@@ -30,6 +31,9 @@ GAIN = 1.05  # a larger candidate counts as faster only if it is 5% faster (timi
 PATIENCE = 2  # stop measuring after this many larger candidates that were not faster
 MEASURE_SAMPLES = 256  # a candidate is timed over passes of at least this many samples in all ...
 MEASURE_S = 0.25  # ... or at least this long, whichever comes first (NOTE [timing window])
+WATCH_S = 2.0  # the chosen size's speed is compared with its measurement over windows of this many seconds ...
+WATCH_CHANGE = 1.5  # ... and a change by this factor either way, in WATCH_WINDOWS windows in a row, ...
+WATCH_WINDOWS = 2  # ... times the sizes again (NOTE [watch])
 
 
 def available_memory_bytes(device: torch.device) -> int:
@@ -146,21 +150,35 @@ def largest_micro_batch_size(estimate: MemoryEstimate, budget_bytes: int, *,
 # a large or slow candidate still takes only one timed pass.
 
 
-def window_throughput(size: int, timed_pass: Callable[[], float]) -> float:
-    """Samples/s of passes of ``size`` samples: one untimed warm-up pass, then timed passes until they hold
-    MEASURE_SAMPLES samples or last MEASURE_S seconds (at least one), their samples over their seconds.
-
-    ``timed_pass()`` runs one pass and returns its seconds (see NOTE [timing window]).
+class TimingWindow:
+    """The passes of one candidate size: the first is a warm-up (new buffers for the new size) and not counted;
+    then passes until they hold MEASURE_SAMPLES samples or last MEASURE_S seconds (NOTE [timing window]).
 
     Example: passes of 64 samples lasting 0.1 s (warm-up), then 0.02, 0.06, 0.02, 0.06 s: 256 samples in
     0.16 s, 1,600 samples/s (the fastest single pass would say 3,200).
     """
-    timed_pass()  # warm-up: the first pass at a new size allocates its buffers
-    samples, seconds = 0, 0.0
-    while samples < MEASURE_SAMPLES and seconds < MEASURE_S:
-        seconds += timed_pass()
-        samples += size
-    return samples / max(seconds, 1e-9)
+
+    def __init__(self, size: int) -> None:
+        self.size, self.warmed, self.samples, self.seconds = size, False, 0, 0.0
+
+    def add(self, seconds: float) -> float | None:
+        """Count one pass of ``size`` samples that took ``seconds``; the window's samples/s once it is complete."""
+        if not self.warmed:
+            self.warmed = True
+            return None
+        self.samples, self.seconds = self.samples + self.size, self.seconds + seconds
+        if self.samples < MEASURE_SAMPLES and self.seconds < MEASURE_S:
+            return None
+        return self.samples / max(self.seconds, 1e-9)
+
+
+def window_throughput(size: int, timed_pass: Callable[[], float]) -> float:
+    """Samples/s of passes of ``size`` samples over one :class:`TimingWindow`; ``timed_pass()`` runs one pass
+    and returns its seconds."""
+    window = TimingWindow(size)
+    while (rate := window.add(timed_pass())) is None:
+        pass
+    return rate
 
 
 def fewest_passes(throughput: dict[int, float]) -> int:
@@ -187,12 +205,19 @@ def fewest_passes(throughput: dict[int, float]) -> int:
 # the best so far is measured once more, and the faster of its two windows counts.
 
 
-# NOTE [no re-timing]: sizes are timed once per input signature, as batches first need them, and not again when the
-# machine changes under a run. Re-timing when training slowed 1.5x was tried (issue 19, bench_peers.py, MNIST CNN,
-# 2 threads chosen idle, then two matrix-product processes from the second epoch): it fired once and found the
-# better size (1,024 instead of 128: 645 against 312 samples/s without the timing), but timing ten sizes beside
-# the load took 52 s of an 82 s run. Small passes crawl there (16 samples: 31 samples/s at 2 threads), and large
-# ones take seconds each. The thread count chosen as the run starts matters more (bench/README.md section 7).
+# NOTE [online timing]: the passes that time a candidate size are training passes: an update whose size is still
+# being searched is split into micro-batches of the candidate, and those passes are timed as they train. The
+# gradient is the same sum whatever the split (only the float rounding differs), so the search costs no extra
+# work, only the updates trained at slower candidates. Before (issue 19, bench_peers.py, MNIST CNN on 6,400
+# images a phase, idle) separate timed passes took 2.9 s of a 15.3 s run, which left "auto" at 0.78x the best
+# fixed size; and re-timing beside a load that began mid-run took 52 s of an 82 s run, so it was left out.
+
+
+# NOTE [watch]: once a size is chosen, its passes on a CPU are timed too (no device synchronisation needed), over
+# windows of WATCH_S seconds. When WATCH_WINDOWS windows in a row run WATCH_CHANGE times slower or faster than the
+# size measured, other work on the machine has started or ended, and the sizes are timed again, online. Small
+# passes suffer most from other work (16 samples: 31 samples/s at 2 threads beside two matrix-product processes),
+# so the best size moves. On a GPU the passes are not watched: timing them would synchronise every pass.
 
 
 class SizeSearch:
@@ -208,6 +233,9 @@ class SizeSearch:
     any measured size resumes the search where it stopped. The choice, among the sizes measured that are no
     larger than the cap, is the largest within GAIN of the fastest (:func:`fewest_passes`).
 
+    The search is driven one measurement at a time (:meth:`candidate`, then :meth:`record` with its rate), so a
+    caller can time training passes (NOTE [online timing]); :meth:`choose` drives it with a ``measure`` function.
+
     Args:
         step: candidates are multiples of it (powers of two times it).
         memory_limit: the largest micro-batch that fits the memory budget.
@@ -219,11 +247,13 @@ class SizeSearch:
         self.throughput: dict[int, float] = {}  # samples/s per measured size
         self.finished = False  # stopped for a reason other than the local batch size
         self._not_faster = 0
+        self._first_look: dict[int, float] = {}  # a size that looked GAIN slower, waiting for its second look
 
     def state_dict(self) -> dict:
         """The measurements and where the search stopped (not the memory estimate, kept for reports only)."""
         return {"step": self.step, "memory_limit": self.memory_limit, "finished": self.finished,
-                "not_faster": self._not_faster, "throughput": [[size, rate] for size, rate in self.throughput.items()]}
+                "not_faster": self._not_faster, "throughput": [[size, rate] for size, rate in self.throughput.items()],
+                "first_look": [[size, rate] for size, rate in self._first_look.items()]}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where the search that wrote ``state`` stopped.
@@ -238,20 +268,58 @@ class SizeSearch:
         saved_limit = int(state["memory_limit"])
         self.memory_limit = min(self.memory_limit, saved_limit)
         self.throughput = {int(size): float(rate) for size, rate in state["throughput"] if size <= self.memory_limit}
+        self._first_look = {int(size): float(rate) for size, rate in state.get("first_look", [])
+                            if size <= self.memory_limit}
         self._not_faster = int(state["not_faster"])
         self.finished = bool(state["finished"]) and saved_limit <= self.memory_limit
 
-    def choose(self, local_batch_size: int, measure: Callable[[int], float | None]) -> int:
-        """The micro-batch size for a local batch; ``measure(size)`` returns samples/s, None when out of memory."""
+    def candidate(self, local_batch_size: int) -> int | None:
+        """The next size to measure for a local batch of this size, or None when :meth:`chosen` can answer."""
         cap = min(local_batch_size, self.memory_limit)
-        if cap < FIRST_CANDIDATE or cap < self.step:
-            return cap  # too small to be worth splitting (and it fits)
-        if not self.finished:
-            self._extend(cap, measure)
+        if self.finished or cap < FIRST_CANDIDATE or cap < self.step:
+            return None
+        for size in self._candidates(cap):
+            if size not in self.throughput:
+                return size
+        self.finished = cap >= self.memory_limit
+        return None
+
+    def record(self, size: int, rate: float | None) -> None:
+        """The samples/s of one timing window at ``size`` (the last :meth:`candidate`), None if out of memory."""
+        best = max(self.throughput.values(), default=0.0)
+        if size in self._first_look:  # NOTE [second look]: the faster of its two windows counts
+            first = self._first_look.pop(size)
+            rate = None if rate is None else max(rate, first)
+        elif rate is not None and rate * GAIN < best:
+            self._first_look[size] = rate  # measured once more before it counts
+            return
+        if rate is None:  # ran out of device memory: nothing this large fits
+            self.memory_limit = max([s for s in self.throughput if s < size], default=max(size // 2, 1))
+            self.finished = True
+            return
+        self.throughput[size] = rate
+        self._not_faster = 0 if rate > GAIN * best else self._not_faster + 1
+        if self._not_faster >= PATIENCE:
+            self.finished = True
+
+    def chosen(self, local_batch_size: int) -> int:
+        """The micro-batch size for a local batch among the sizes measured (the cap itself if none fits)."""
+        cap = min(local_batch_size, self.memory_limit)
         measured = {size: rate for size, rate in self.throughput.items() if size <= cap}
-        if not measured:
-            return cap
+        if cap < FIRST_CANDIDATE or cap < self.step or not measured:
+            return cap  # too small to be worth splitting (and it fits)
         return fewest_passes(measured)
+
+    def choose(self, local_batch_size: int, measure: Callable[[int], float | None]) -> int:
+        """Measure what is left to measure for a local batch, with ``measure(size)`` -> samples/s or None when out
+        of memory, and return the choice."""
+        while (size := self.candidate(local_batch_size)) is not None:
+            self.record(size, measure(size))
+        return self.chosen(local_batch_size)
+
+    def restart(self) -> None:
+        """Forget the measurements (the machine changed, NOTE [watch]); the memory limit stays."""
+        self.throughput, self._first_look, self._not_faster, self.finished = {}, {}, 0, False
 
     def halve(self, size: int) -> int | None:
         """After running out of memory at ``size``: the next size to try (and the new limit), or None."""
@@ -260,6 +328,7 @@ class SizeSearch:
             return None
         self.memory_limit, self.finished = smaller, True
         self.throughput = {s: rate for s, rate in self.throughput.items() if s <= smaller}
+        self._first_look = {}
         return smaller
 
     def _candidates(self, cap: int) -> list[int]:
@@ -272,23 +341,25 @@ class SizeSearch:
             sizes.append(cap)  # the whole local batch in one pass (or the memory limit), when growing
         return sizes
 
-    def _extend(self, cap: int, measure: Callable[[int], float | None]) -> None:
-        best = max(self.throughput.values(), default=0.0)
-        for size in self._candidates(cap):
-            if size in self.throughput:
-                continue
-            rate = measure(size)
-            if rate is not None and rate * GAIN < best:  # NOTE [second look]
-                again = measure(size)
-                rate = None if again is None else max(rate, again)
-            if rate is None:  # ran out of device memory: nothing this large fits
-                self.memory_limit = max([s for s in self.throughput if s < size], default=max(size // 2, 1))
-                self.finished = True
-                return
-            self.throughput[size] = rate
-            self._not_faster = 0 if rate > GAIN * best else self._not_faster + 1
-            best = max(best, rate)
-            if self._not_faster >= PATIENCE:
-                self.finished = True
-                return
-        self.finished = cap >= self.memory_limit
+
+class SpeedWatch:
+    """The chosen size's speed in training against its measurement (NOTE [watch]).
+
+    Example: 64 measured at 1,000 samples/s; windows of 2 s at 640 and 600 samples/s (1.56x and 1.67x slower)
+    say the machine changed; one slow window between normal ones does not.
+    """
+
+    def __init__(self, size: int, measured: float) -> None:
+        self.size, self.measured = size, measured
+        self.samples, self.seconds, self.changed_windows = 0, 0.0, 0
+
+    def add(self, seconds: float) -> bool:
+        """Count one pass of ``size`` samples; True when WATCH_WINDOWS windows in a row were WATCH_CHANGE off."""
+        self.samples, self.seconds = self.samples + self.size, self.seconds + seconds
+        if self.seconds < WATCH_S:
+            return False
+        rate = self.samples / self.seconds
+        self.samples, self.seconds = 0, 0.0
+        changed = rate * WATCH_CHANGE < self.measured or rate > WATCH_CHANGE * self.measured
+        self.changed_windows = self.changed_windows + 1 if changed else 0
+        return self.changed_windows >= WATCH_WINDOWS

@@ -81,7 +81,7 @@ class TrainerState:
     updates: int = 0
     samples: int = 0
     wall_s: float = 0.0  # training and evaluation, without size_search_s
-    size_search_s: float = 0.0  # timing micro-batch sizes for "auto" (NOTE [honest wall time])
+    size_search_s: float = 0.0  # "auto"'s memory estimates, passes that train nothing (NOTE [honest wall time])
     tally: EpochTally = field(default_factory=EpochTally)
     records: list[dict] = field(default_factory=list)
     last_epoch: int = 0  # of the latest update, for messages
@@ -279,9 +279,10 @@ class Trainer:
         return started
 
     def _count_time(self, since: float) -> None:
-        """Add the time since ``since`` to the counters. NOTE [honest wall time]: the one-time timing of
-        micro-batch sizes ("auto") goes to ``size_search_s``, not ``wall_s``. Otherwise whichever run searched
-        first would be charged for it, and the wall-time bars would be biased against the schedule run first."""
+        """Add the time since ``since`` to the counters. NOTE [honest wall time]: what "auto" spends on passes that
+        train nothing (its memory estimate, a forward pass per input shape) goes to ``size_search_s``, not
+        ``wall_s``. Its timing of sizes is training and stays in ``wall_s`` (NOTE [online timing] in
+        batching/microbatch_size.py); it used to be separate passes, charged to whichever run searched first."""
         searched, self._search_seen = self.micro.search_s - self._search_seen, self.micro.search_s
         self.state.wall_s += time.perf_counter() - since - searched
         self.state.size_search_s += searched
