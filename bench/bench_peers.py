@@ -1,5 +1,5 @@
-"""growbatch side by side with what users would pick instead (issue 19 §1-2): the MNIST CNN on MNIST or ResNet-20
-on CIFAR-10, batch 128 -> 640 -> 3,200 (one epoch each), SGD with momentum, on an idle machine and beside a
+"""growbatch side by side with what users would pick instead (issue 19 §1-2): the MNIST CNN on MNIST, or ResNet-20
+or airbench-small on CIFAR-10, batch 128 -> 640 -> 3,200 (one epoch each), SGD with momentum, on an idle machine and beside a
 competing load, from the start or from the second epoch on; prints JSON.
 
 Systems, each run in a fresh process, interleaved (A B C ... A B C ...) within each machine state:
@@ -19,15 +19,16 @@ of every update are counted, not assumed. Run (serialise timed work on a shared 
 
     flock /tmp/growbatch-cpu.lock .venv/bin/python bench/bench_peers.py           # ~14 min on 2 cores, 6,400 images
     flock /tmp/growbatch-cpu.lock .venv/bin/python bench/bench_peers.py --quick   # < 3 min: 3,200 images, 4 systems, 2 states
-    flock /tmp/growbatch-cpu.lock .venv/bin/python bench/bench_peers.py --model resnet20   # CIFAR-10, 3,200 images
+    flock /tmp/growbatch-cpu.lock .venv/bin/python bench/bench_peers.py --model airbench-small   # CIFAR-10, 3,200 images
     .venv/bin/python bench/bench_peers.py --table bench/results/peers.json           # the README's table
 
-Writes bench/results/peers.json (peers-resnet20.json for --model resnet20; a --states subset adds its names).
+Writes bench/results/peers.json (peers-MODEL.json for another --model; a --states subset adds its names).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -53,11 +54,11 @@ from growbatch.models import build_model
 from growbatch.training.threads import choose_threads
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MODELS = {"mnist-cnn": "mnist", "resnet20": "cifar10"}  # the model and the data set it trains on
+MODELS = {"mnist-cnn": "mnist", "resnet20": "cifar10", "airbench-small": "cifar10"}  # the model and the data set it trains on
 SIZES = (128, 640, 3200)  # global batch per epoch (one epoch per phase)
 LR, MOMENTUM = 0.01, 0.9  # per update; the same for every system (no lr change: the batch grows instead)
 FULL_IMAGES, QUICK_IMAGES = 6400, 3200  # multiples of 3,200: every batch of the plan is full
-RESNET_IMAGES = 3200  # ResNet-20 trains ~4x slower per sample than the MNIST CNN here
+CIFAR_IMAGES = 3200  # ResNet-20 trains ~4x, airbench-small ~1.5x slower per sample than the MNIST CNN here
 PADDING = 4  # CIFAR-10's random crop: the image padded by 4 zeros, a 32 x 32 window of it
 WORKERS = os.cpu_count() or 1  # DataLoader workers of the peers (seed 003 uses workers)
 FIXED_MICRO = (64, 256, SIZES[-1])  # growbatch's fixed micro-batch sizes; the last is one pass per batch
@@ -70,6 +71,7 @@ PEERS = ("seed 003", "bs-scheduler", "lightning")  # the increasing schedule by 
 # --quick: on 2 cores all eight systems take ~5 min even on 3,200 images (3x slower under the load), so it
 # keeps the baseline of issue 19 §2, the framework peer, "auto" and one fixed size
 QUICK_SYSTEMS = ("seed 003", "lightning", "growbatch auto", "growbatch micro 256")
+NEEDS = {"bs-scheduler": "bs_scheduler", "lightning": "pytorch_lightning"}  # a peer's package (the bench extra)
 
 
 def schedule(images: int) -> Schedule:
@@ -502,7 +504,8 @@ def with_load(cores: int, measure: Callable[[], dict]) -> dict:
 
 
 def table(result: dict) -> str:
-    """The README's table (Markdown) from a results file: samples/s per epoch and overall, wall, RSS, counts."""
+    """The README's tables (Markdown) from a results file: per system samples/s per epoch and overall, wall, RSS
+    and counts; then growbatch "auto" against the fastest fixed size, the fastest peer and seed 003."""
     lines = ["| machine state | system | threads | samples/s at 128 / 640 / 3,200 | samples/s, 3 epochs | wall (s) | "
              "peak RSS trainer / PSS with workers (MB) | updates (plan) | stale batches | seen twice / never |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -520,13 +523,28 @@ def table(result: dict) -> str:
                          f"{row['samples_per_s']:,.0f} | {row['wall_s']:.1f} | {row['peak_rss_mb']:,.0f} / {row['peak_pss_with_workers_mb']:,.0f} | "
                          f"{row['updates']} ({row['planned_updates']}) | {row['stale_batches']} | "
                          f"{row['seen_twice']} / {row['never_seen']} |")
+    return "\n".join(lines) + "\n\n" + ratio_table(result)
+
+
+def ratio_table(result: dict) -> str:
+    """growbatch "auto" against the fastest fixed micro-batch size, the fastest peer and seed 003, per phase."""
+    lines = ["| machine state | phase | auto / fastest fixed size | auto / fastest peer | auto / seed 003 |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for state, content in result["states"].items():
+        for phase, row in content["ratios"].items():
+            if row is None:
+                lines.append(f"| {state} | {phase} | – | – | – |")
+                continue
+            seed = f"{row['auto_vs_seed_003']:.2f}" if row["auto_vs_seed_003"] is not None else "–"
+            lines.append(f"| {state} | {phase} | {row['auto_vs_fastest_fixed']:.2f} ({row['fastest_fixed']}) | "
+                         f"{row['auto_vs_fastest_peer']:.2f} ({row['fastest_peer']}) | {seed} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=tuple(MODELS), default="mnist-cnn",
-                        help=f"mnist-cnn on MNIST (default) or resnet20 on CIFAR-10 ({RESNET_IMAGES:,} images)")
+                        help=f"mnist-cnn on MNIST (default), or resnet20 or airbench-small on CIFAR-10 ({CIFAR_IMAGES:,} images)")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_IMAGES:,} images instead of {FULL_IMAGES:,} (mnist-cnn) and 4 systems")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds per machine state")
@@ -543,7 +561,7 @@ def main() -> None:
     if args.table:
         print(table(json.loads(args.table.read_text())))
         return
-    images = QUICK_IMAGES if args.quick else FULL_IMAGES if args.model == "mnist-cnn" else RESNET_IMAGES
+    images = QUICK_IMAGES if args.quick else FULL_IMAGES if args.model == "mnist-cnn" else CIFAR_IMAGES
     cores = os.cpu_count() or 1
     systems = tuple(args.systems.split(",")) if args.systems else QUICK_SYSTEMS if args.quick else SYSTEMS
     args.states = args.states or ("idle,load" if args.quick else ",".join(STATE_KEYS))
@@ -553,6 +571,10 @@ def main() -> None:
     unknown = [system for system in systems if system not in SYSTEMS]
     if unknown:
         parser.error(f"--systems should name some of {', '.join(SYSTEMS)}, but got {', '.join(unknown)}")
+    missing = [f"{system} needs the {NEEDS[system]} package" for system in systems
+               if system in NEEDS and importlib.util.find_spec(NEEDS[system]) is None]
+    if missing:
+        parser.error(f"{'; '.join(missing)}: pip install -c constraints.txt -e '.[bench]' (make bench does)")
     plan = schedule(images).plan()
     result = {"benchmark": "peers", "model": args.model, "data_set": MODELS[args.model], "images": images, "schedule": list(SIZES), "lr": LR, "momentum": MOMENTUM,
               "dataloader_workers": WORKERS, "repeats": args.repeats, "systems": list(systems),
