@@ -38,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +52,7 @@ from bench_threads import LOAD
 from growbatch import BatchSizeScheduler, MicroBatcher, Phase, Schedule, TensorLoader
 from growbatch.data import DataError, load_dataset
 from growbatch.models import build_model
-from growbatch.training.threads import choose_threads
+from growbatch.training.threads import choose_threads, rechoose_threads
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MODELS = {"mnist-cnn": "mnist", "resnet20": "cifar10", "airbench-small": "cifar10"}  # the model and the data set it trains on
@@ -331,7 +332,9 @@ def run_growbatch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Imag
     def loss(net: nn.Module, inputs: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, dict]:
         return F.cross_entropy(net(inputs), labels[indices]), {}
 
-    micro = MicroBatcher(model, loss=loss, micro_batch_size=micro_batch_size, transform=loader.normalize)
+    # as the Trainer does: a thread count growbatch chose is chosen again when training changes speed (NOTE [watch])
+    micro = MicroBatcher(model, loss=loss, micro_batch_size=micro_batch_size, transform=loader.normalize,
+                         on_speed_change=rechoose_threads)
     chosen: list[list[int]] = [[] for _ in SIZES]
     for epoch in range(plan.epochs):
         trace.start()
@@ -347,6 +350,8 @@ def run_growbatch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Imag
         trace.search_s[epoch] = micro.search_s - sum(trace.search_s)
     search = micro.size_search(images[:1]) if micro_batch_size == "auto" else None
     return {"micro_batch_size_per_epoch": [sorted(set(sizes)) for sizes in chosen], "size_search_s": micro.search_s,
+            "micro_batch_sizes_per_epoch": [dict(Counter(sizes)) for sizes in chosen],  # updates at each size
+            "size_retimings": micro.size_retimings,
             "measured_samples_per_s": search.throughput if search else None}
 
 

@@ -370,14 +370,16 @@ def test_auto_times_its_own_training_passes_and_settles_on_the_fewest_passes_wit
 def test_auto_times_the_sizes_again_when_the_machine_changes_under_the_run(clock: Clock):
     model = Clocked(make(cnn), clock, dict(CPU_RATES))
     inputs, targets = batch(128)
-    micro = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
+    told = []  # the Trainer counts the idle cores again here (NOTE [watch])
+    micro = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30,
+                         on_speed_change=lambda: told.append(len(model.sizes)))
     for _ in range(20):
         micro.backward(inputs, targets, global_batch_size=128)
     assert micro.backward(inputs, targets, global_batch_size=128).micro_batch_size == 64
     # other work starts (NOTE [watch]): small passes slow down most, one pass of 128 is now the fastest
     model.rates.update({16: 200.0, 32: 400.0, 64: 600.0, 128: 1200.0})
     sizes = [micro.backward(inputs, targets, global_batch_size=128).micro_batch_size for _ in range(60)]
-    assert micro.size_retimings == 1 and sizes[-1] == 128
+    assert micro.size_retimings == 1 and len(told) == 1 and sizes[-1] == 128
     assert micro.measured_throughput(inputs) == pytest.approx({16: 200.0, 32: 400.0, 64: 600.0, 128: 1200.0})
     # the new search began after two windows of 2 s at 64 (the first began before the change, the second
     # ran at 600 samples/s, 3.5x slower than measured: 19 passes, 2 an update), not after one
@@ -505,9 +507,11 @@ def test_transform_is_used_by_the_auto_size_search():
     assert result.samples == 40 and set(seen) == {torch.uint8}
 
 
-def test_transform_must_be_callable():
+def test_transform_and_on_speed_change_must_be_callable():
     with pytest.raises(TypeError, match="transform should be callable or None, but got int"):
         MicroBatcher(make(mlp), F.cross_entropy, micro_batch_size=4, transform=3)
+    with pytest.raises(TypeError, match="on_speed_change should be callable or None, but got str"):
+        MicroBatcher(make(mlp), F.cross_entropy, on_speed_change="threads")
 
 
 def _timed_auto_batcher() -> tuple[FlakyMemory, torch.Tensor, torch.Tensor, StepResult, dict]:

@@ -23,10 +23,10 @@ from growbatch.training.trainer import Trainer
 @pytest.fixture
 def keep_threads():
     """Leave torch's thread count and the module's choice as they were."""
-    before, automatic = torch.get_num_threads(), threads._automatic
+    before, automatic, cores = torch.get_num_threads(), threads._automatic, threads._cores
     yield
     torch.set_num_threads(before)
-    threads._automatic = automatic
+    threads._automatic, threads._cores = automatic, cores
     threads._before.clear()
 
 
@@ -96,3 +96,40 @@ def test_a_command_run_in_process_leaves_the_thread_count_as_it_was(keep_threads
     assert main(["run", "--epochs", "1", "--schedules", "decay", "--workers", "1", "--no-progress",
                  "--out", str(tmp_path / "out")]) == 0
     assert torch.get_num_threads() == 2 and not threads.follows_checkpoint()
+
+
+def test_a_chosen_count_is_chosen_again_when_the_machine_changes(keep_threads, monkeypatch) -> None:
+    """NOTE [watch]: the Trainer calls rechoose_threads when training changes speed; only growbatch's own choice
+    moves, within the count it chose among, and a line says so when it changes."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "idle_cores", lambda: 4.0)
+    torch.set_num_threads(4)
+    assert threads.choose_threads(None) is None and torch.get_num_threads() == 4  # idle: all four
+    line = threads.rechoose_threads(idle=0.3)  # other work took the cores
+    assert torch.get_num_threads() == 1
+    assert line == ("training changed speed 1.5x and other work now leaves 0.3 cores idle: training with 1 thread "
+                    "instead of 4 (--workers N fixes the count)")
+    assert threads.rechoose_threads(idle=0.5) is None and torch.get_num_threads() == 1  # no change, no line
+    assert threads.rechoose_threads(idle=9.0).endswith("training with 4 threads instead of 1 (--workers N fixes the "
+                                                       "count)")  # the work ended: back to the count chosen among
+    threads.restore_threads()
+    assert threads.choose_threads(2) is None  # the user's count is never moved
+    assert threads.rechoose_threads(idle=0.0) is None and torch.get_num_threads() == 2
+
+
+def test_the_trainer_chooses_the_threads_again_when_auto_sees_the_speed_change(keep_threads, monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "idle_cores", lambda: 2.0)
+    torch.set_num_threads(2)
+    threads.choose_threads(None)
+    dataset = load_dataset("digits")
+    run = run_configs(ExperimentConfig(epochs=1, batch_size=32, schedules=("decay",)), dataset.train_size)[0]
+    trainer = Trainer(run, ClassificationTask(dataset), DistInfo())
+    assert trainer.micro.on_speed_change is not None
+    monkeypatch.setattr(threads, "idle_cores", lambda: 0.2)
+    with pytest.warns(UserWarning, match=r"run decay-momentum-seed0: training changed speed 1.5x and other work now "
+                                         r"leaves 0.2 cores idle: training with 1 thread instead of 2"):
+        trainer.micro.on_speed_change()
+    assert torch.get_num_threads() == 1

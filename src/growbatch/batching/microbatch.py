@@ -106,6 +106,8 @@ class MicroBatcher:
         split_for_noise_scale: cut a share that fits one micro-batch in two (whole ghost batches), so
             that every update gives an estimate; that changes the float rounding and, with batch norm,
             the statistics each pass sees.
+        on_speed_change: called (with "auto", on a CPU) when training at the chosen size changed speed 1.5x,
+            before the sizes are timed again: the Trainer counts the idle cores again there.
 
     Raises:
         TypeError, ValueError: a micro_batch_size that is neither a positive int nor "auto"; a
@@ -125,7 +127,8 @@ class MicroBatcher:
                  memory_budget_bytes: int | None = None, device: torch.device | str | None = None,
                  autocast_dtype: torch.dtype | None = None,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 noise_scale: GradientNoiseScale | None = None, split_for_noise_scale: bool = False) -> None:
+                 noise_scale: GradientNoiseScale | None = None, split_for_noise_scale: bool = False,
+                 on_speed_change: Callable[[], None] | None = None) -> None:
         _check_micro_batch_size(micro_batch_size)
         if memory_budget_bytes is not None:
             _check_memory_budget(memory_budget_bytes, micro_batch_size)
@@ -151,6 +154,9 @@ class MicroBatcher:
         if split_for_noise_scale and noise_scale is None:
             raise ValueError("split_for_noise_scale=True cuts batches for a noise_scale, but noise_scale is None")
         self.noise_scale, self.split_for_noise_scale = noise_scale, split_for_noise_scale
+        if on_speed_change is not None and not callable(on_speed_change):
+            raise TypeError(f"on_speed_change should be callable or None, but got {type(on_speed_change).__name__}")
+        self.on_speed_change = on_speed_change
         # the network itself: DDP's no_sync/module, but measurements bypass DDP's hooks
         self.module: nn.Module = model.module if hasattr(model, "no_sync") else model
         self.device = torch.device(device) if device is not None else _model_device(self.module)
@@ -369,6 +375,8 @@ class MicroBatcher:
                 del self._windows[key]
                 self._timing = None  # the rest of this update's passes are not timed
         elif tracker.add(seconds):  # the machine changed under the run: time the sizes again
+            if self.on_speed_change is not None:
+                self.on_speed_change()
             self._searches[key].restart()
             del self._watches[key]
             self.size_retimings += 1

@@ -7,6 +7,10 @@ CNN took about 290 s with 2 threads and about 35 s with 1 (issue 19). So ``growb
 ``--workers`` (and without OMP_NUM_THREADS) counts the cores that are idle as it starts, over a quarter of a
 second of /proc/stat, and trains with that many threads (at least one). A resume then takes the thread count
 its checkpoint recorded, so it stays bit-identical to the uninterrupted run (NOTE [threads] in trainer.py).
+When training at the chosen micro-batch size later changes speed 1.5x (NOTE [watch] in
+batching/microbatch_size.py: other work started or ended), the idle cores are counted again
+(:func:`rechoose_threads`). Beside a load that began after the first epoch, 2 threads chosen on the idle machine
+trained the MNIST CNN at 250-330 samples/s, where 1 thread beside a load from the start trained at 680.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import time
 
 import torch
 
-__all__ = ["choose_threads", "idle_cores", "threads_for", "follows_checkpoint", "restore_threads"]
+__all__ = ["choose_threads", "idle_cores", "threads_for", "follows_checkpoint", "rechoose_threads", "restore_threads"]
 
 SAMPLE_S = 0.25  # how long the idle cores are counted at start
 _automatic = False  # True once choose_threads picked the count itself (the user chose none)
-_before: list[tuple[int, bool]] = []  # what choose_threads replaced, for restore_threads
+_cores = 0  # the count choose_threads chose among (torch's default: one per core), for rechoose_threads
+_before: list[tuple[int, bool, int]] = []  # what choose_threads replaced, for restore_threads
 
 
 def idle_cores(interval: float = SAMPLE_S, stat: str = "/proc/stat") -> float | None:
@@ -60,8 +65,8 @@ def threads_for(cores: int, idle: float) -> int:
 def choose_threads(workers: int | None) -> str | None:
     """Set torch's thread count for a run: ``workers`` if given; else, where neither OMP_NUM_THREADS nor
     MKL_NUM_THREADS sets it, one per idle core. Returns a line for the user when it trains with fewer than usual."""
-    global _automatic
-    _before.append((torch.get_num_threads(), _automatic))
+    global _automatic, _cores
+    _before.append((torch.get_num_threads(), _automatic, _cores))
     if workers:
         torch.set_num_threads(workers)
         _automatic = False
@@ -70,13 +75,30 @@ def choose_threads(workers: int | None) -> str | None:
         _automatic = False
         return None
     cores, idle = torch.get_num_threads(), idle_cores()
-    _automatic = idle is not None
+    _automatic, _cores = idle is not None, cores
     threads = cores if idle is None else threads_for(cores, idle)
     if threads == cores:
         return None
     torch.set_num_threads(threads)
     return (f"growbatch: other work leaves {idle:.1f} cores idle: training with {threads} thread"
             f"{'s' * (threads > 1)} instead of {cores} (--workers N chooses)")
+
+
+def rechoose_threads(idle: float | None = None) -> str | None:
+    """Where the count was chosen here (not by the user), count the idle cores again (or take ``idle``) and set
+    one thread per idle core; a line for the user when the count changed, else None. Called between training
+    passes, so this run's own threads are idle while the cores are counted."""
+    if not _automatic:
+        return None
+    idle = idle_cores() if idle is None else idle
+    if idle is None:
+        return None
+    before, threads = torch.get_num_threads(), threads_for(_cores, idle)
+    if threads == before:
+        return None
+    torch.set_num_threads(threads)
+    return (f"training changed speed 1.5x and other work now leaves {idle:.1f} cores idle: training with "
+            f"{threads} thread{'s' * (threads > 1)} instead of {before} (--workers N fixes the count)")
 
 
 def follows_checkpoint() -> bool:
@@ -86,7 +108,7 @@ def follows_checkpoint() -> bool:
 
 def restore_threads() -> None:
     """Undo the last choose_threads (a command run in-process, as the tests do, leaves the process as it was)."""
-    global _automatic
+    global _automatic, _cores
     if _before:
-        count, _automatic = _before.pop()
+        count, _automatic, _cores = _before.pop()
         torch.set_num_threads(count)

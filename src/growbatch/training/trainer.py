@@ -31,7 +31,7 @@ from .distributed import (
 )
 from .settings import RunConfig
 from .task import Task, autocast_dtype
-from .threads import follows_checkpoint
+from .threads import follows_checkpoint, rechoose_threads
 
 __all__ = ["Trainer", "TrainerState", "EpochTally", "Observer", "StopFlag", "DivergenceError", "Interrupted",
            "build_optimizer"]
@@ -144,7 +144,8 @@ class Trainer:
         self.micro = MicroBatcher(self.ddp_model, loss=task.loss, micro_batch_size=config.settings.micro_batch_size,
                                   device=info.device,
                                   autocast_dtype=autocast_dtype(config.settings.precision),  # NOTE [precision]
-                                  noise_scale=self.noise_scale, split_for_noise_scale=mode == "split")
+                                  noise_scale=self.noise_scale, split_for_noise_scale=mode == "split",
+                                  on_speed_change=self._speed_changed)
         self.state = TrainerState(last_lr=self.scheduler.get_last_lr()[0])
         self._search_seen = 0.0  # of micro.search_s, already moved into state.size_search_s
         self.schedule = config.schedule  # as realised so far: an adaptive run extends it after every epoch
@@ -277,6 +278,13 @@ class Trainer:
                     raise Interrupted(f"run {self.config.name} stopped by {self.stop.signal_name or 'request'} after "
                                       f"update {self.state.updates} in epoch {self._epoch_text(self.state.epoch)}")
         return started
+
+    def _speed_changed(self) -> None:
+        """NOTE [watch]: training at the chosen micro-batch size changed speed 1.5x, so other work on the machine
+        started or ended: a thread count growbatch chose is chosen again (NOTE [threads under load])."""
+        line = rechoose_threads()
+        if line is not None:
+            warnings.warn(f"run {self.config.name}: {line}")
 
     def _count_time(self, since: float) -> None:
         """Add the time since ``since`` to the counters. NOTE [honest wall time]: what "auto" spends on passes that
