@@ -554,3 +554,16 @@ def test_a_state_dict_of_another_version_is_rejected():
     micro = MicroBatcher(make(mlp), F.cross_entropy)
     with pytest.raises(ValueError, match="state should be a MicroBatcher state_dict of version 1, but got version=None"):
         micro.load_state_dict({})
+
+
+def test_a_folded_last_sample_still_times_the_candidate(clock: Clock):
+    """With BatchNorm1d a lone last sample joins the pass before it, so a share of 129 at the candidate 128 runs
+    one pass of 129: it counts for 128, or the search would never get past 128 at that share."""
+    model = Clocked(make(lambda: nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.BatchNorm1d(16), nn.ReLU(),
+                                               nn.Linear(16, 5))), clock,
+                    {size: 10.0 * size for size in range(1, 130)})  # larger passes are faster
+    inputs, targets = batch(129)
+    micro = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
+    used = [micro.backward(inputs, targets, global_batch_size=129).micro_batch_size for _ in range(20)]
+    assert 129 in model.sizes and 128 not in model.sizes  # folded: no pass of 128 ever ran
+    assert set(micro.measured_throughput(inputs)) == {16, 32, 64, 128, 129} and used[-1] == 129

@@ -272,7 +272,9 @@ class MicroBatcher:
         for index, (micro_inputs, micro_targets) in enumerate(pieces):
             last = index == len(pieces) - 1
             samples = sizes[index]
-            timed = self._timing is not None and samples == self._timing[1].size  # NOTE [online timing]
+            # NOTE [online timing]; a pass one sample longer is the candidate's with a lone last sample folded in
+            # (NOTE [one-sample micro-batch]): a share of 129 would otherwise never time the candidate 128
+            timed = self._timing is not None and samples - self._timing[1].size in (0, 1)
             if timed:
                 _synchronize(self.device)
                 started = time.perf_counter()
@@ -291,7 +293,7 @@ class MicroBatcher:
                 self.noise_scale.end_micro_batch()
             if timed:
                 _synchronize(self.device)
-                self._timed(time.perf_counter() - started)
+                self._timed(time.perf_counter() - started, samples)
             loss_sum += loss.detach().double() * samples
             for key, value in micro_sums.items():
                 sums[key] = sums[key] + value.detach() if key in sums else value.detach()
@@ -365,16 +367,16 @@ class MicroBatcher:
             self._timing = (key, self._watches[key])
         return size
 
-    def _timed(self, seconds: float) -> None:
-        """One training pass of the size being timed took ``seconds``: feed the window or the watch."""
+    def _timed(self, seconds: float, samples: int) -> None:
+        """One training pass of the size being timed (``samples``) took ``seconds``: feed the window or the watch."""
         key, tracker = self._timing
         if isinstance(tracker, TimingWindow):
-            rate = tracker.add(seconds)
+            rate = tracker.add(seconds, samples)
             if rate is not None:
                 self._searches[key].record(tracker.size, rate)
                 del self._windows[key]
                 self._timing = None  # the rest of this update's passes are not timed
-        elif tracker.add(seconds):  # the machine changed under the run: time the sizes again
+        elif tracker.add(seconds, samples):  # the machine changed under the run: time the sizes again
             if self.on_speed_change is not None:
                 self.on_speed_change()
             self._searches[key].restart()

@@ -161,12 +161,13 @@ class TimingWindow:
     def __init__(self, size: int) -> None:
         self.size, self.warmed, self.samples, self.seconds = size, False, 0, 0.0
 
-    def add(self, seconds: float) -> float | None:
-        """Count one pass of ``size`` samples that took ``seconds``; the window's samples/s once it is complete."""
+    def add(self, seconds: float, samples: int | None = None) -> float | None:
+        """Count one pass of ``samples`` (default ``size``; one more where a lone last sample joined it) that took
+        ``seconds``; the window's samples/s once it is complete."""
         if not self.warmed:
             self.warmed = True
             return None
-        self.samples, self.seconds = self.samples + self.size, self.seconds + seconds
+        self.samples, self.seconds = self.samples + (samples or self.size), self.seconds + seconds
         if self.samples < MEASURE_SAMPLES and self.seconds < MEASURE_S:
             return None
         return self.samples / max(self.seconds, 1e-9)
@@ -353,9 +354,10 @@ class SpeedWatch:
         self.size, self.measured = size, measured
         self.samples, self.seconds, self.changed_windows = 0, 0.0, 0
 
-    def add(self, seconds: float) -> bool:
-        """Count one pass of ``size`` samples; True when WATCH_WINDOWS windows in a row were WATCH_CHANGE off."""
-        self.samples, self.seconds = self.samples + self.size, self.seconds + seconds
+    def add(self, seconds: float, samples: int | None = None) -> bool:
+        """Count one pass of ``samples`` (default ``size``); True when WATCH_WINDOWS windows in a row were
+        WATCH_CHANGE off."""
+        self.samples, self.seconds = self.samples + (samples or self.size), self.seconds + seconds
         if self.seconds < WATCH_S:
             return False
         rate = self.samples / self.seconds
