@@ -1,7 +1,7 @@
 """bf16 autocast against float32 on this CPU, and what raises the float32 training FLOP/s; prints JSON.
 
 Part ``precision``: training throughput (samples/s over whole updates: zero_grad, forward + backward through
-``MicroBatcher``, SGD step) of the MNIST CNN and a CIFAR ResNet (resnet20, the study's model) with ``autocast_dtype=None``
+``MicroBatcher``, SGD step) of the MNIST CNN and the CIFAR networks (resnet20; airbench-small, the study's model) with ``autocast_dtype=None``
 (``--precision fp32``) and ``torch.bfloat16`` (``--precision bf16``), the configurations interleaved round by
 round (A B C D, A B C D, ...) so that machine noise falls on all of them; with the float32 and bfloat16
 ``torch.mm`` rates of the same threads.
@@ -32,7 +32,8 @@ from growbatch import MicroBatcher
 from growbatch.models import build_model
 
 # model: (input shape, batch, updates timed per round); batches as growbatch run starts them
-MODELS = {"mnist-cnn": ((1, 28, 28), 128, 8), "resnet20": ((3, 32, 32), 128, 2)}  # resnet20: the CIFAR-10 study's model
+# resnet20: the earlier CIFAR-10 study's model; airbench-small: the study's model since issue 19
+MODELS = {"mnist-cnn": ((1, 28, 28), 128, 8), "resnet20": ((3, 32, 32), 128, 2), "airbench-small": ((3, 32, 32), 128, 4)}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 FLOPS_BATCH = 128
 EXACT_UPDATES = 3
