@@ -12,7 +12,8 @@ Systems, each run in a fresh process, interleaved (A B C ... A B C ...) within e
 - growbatch: TensorLoader (DynamicBatchSampler; crop + flip as one batch operation for CIFAR-10) +
   BatchSizeScheduler + MicroBatcher, with ``micro_batch_size="auto"`` and with fixed sizes 64, 256 and one pass
   per batch.
-growbatch picks its threads as ``growbatch run`` does (``choose_threads``); the others keep torch's default.
+growbatch picks its threads as ``growbatch run`` does (``choose_threads`` as it starts, ``rechoose_threads`` when training
+changes speed 1.5x, ``more_threads_if_idle`` at an epoch's end); the others keep torch's default.
 
 Every system's data set hands back the sample indices, so the samples seen twice or never per epoch and the size
 of every update are counted, not assumed. Run (serialise timed work on a shared machine with flock):
@@ -52,7 +53,7 @@ from bench_threads import LOAD
 from growbatch import BatchSizeScheduler, MicroBatcher, Phase, Schedule, TensorLoader
 from growbatch.data import DataError, load_dataset
 from growbatch.models import build_model
-from growbatch.training.threads import choose_threads, rechoose_threads
+from growbatch.training.threads import choose_threads, more_threads_if_idle, rechoose_threads
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MODELS = {"mnist-cnn": "mnist", "resnet20": "cifar10", "airbench-small": "cifar10"}  # the model and the data set it trains on
@@ -336,6 +337,7 @@ def run_growbatch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Imag
     micro = MicroBatcher(model, loss=loss, micro_batch_size=micro_batch_size, transform=loader.normalize,
                          on_speed_change=rechoose_threads)
     chosen: list[list[int]] = [[] for _ in SIZES]
+    more_threads_if_idle()  # the Trainer's first reading of /proc/stat
     for epoch in range(plan.epochs):
         trace.start()
         for inputs, indices in loader:
@@ -348,6 +350,8 @@ def run_growbatch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Imag
             chosen[epoch].append(result.micro_batch_size)
         trace.stop(epoch)
         trace.search_s[epoch] = micro.search_s - sum(trace.search_s)
+        if more_threads_if_idle() is not None:  # as the Trainer does at an epoch's end
+            micro.retime()
     search = micro.size_search(images[:1]) if micro_batch_size == "auto" else None
     return {"micro_batch_size_per_epoch": [sorted(set(sizes)) for sizes in chosen], "size_search_s": micro.search_s,
             "micro_batch_sizes_per_epoch": [dict(Counter(sizes)) for sizes in chosen],  # updates at each size

@@ -567,3 +567,18 @@ def test_a_folded_last_sample_still_times_the_candidate(clock: Clock):
     used = [micro.backward(inputs, targets, global_batch_size=129).micro_batch_size for _ in range(20)]
     assert 129 in model.sizes and 128 not in model.sizes  # folded: no pass of 128 ever ran
     assert set(micro.measured_throughput(inputs)) == {16, 32, 64, 128, 129} and used[-1] == 129
+
+
+def test_retime_starts_the_search_over_and_a_fixed_size_has_none(clock: Clock):
+    model = Clocked(make(cnn), clock, dict(CPU_RATES))
+    inputs, targets = batch(128)
+    micro = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
+    for _ in range(20):
+        micro.backward(inputs, targets, global_batch_size=128)
+    assert micro.backward(inputs, targets, global_batch_size=128).micro_batch_size == 64
+    micro.retime()  # the Trainer, after the thread count changed
+    assert micro.size_retimings == 1 and micro.measured_throughput(inputs) == {}
+    assert micro.backward(inputs, targets, global_batch_size=128).micro_batch_size == 16  # the first candidate
+    fixed = MicroBatcher(model, F.cross_entropy, micro_batch_size=32)
+    fixed.retime()
+    assert fixed.size_retimings == 0 and fixed.backward(inputs, targets, global_batch_size=128).micro_batch_size == 32

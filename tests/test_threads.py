@@ -133,3 +133,46 @@ def test_the_trainer_chooses_the_threads_again_when_auto_sees_the_speed_change(k
                                          r"leaves 0.2 cores idle: training with 1 thread instead of 2"):
         trainer.micro.on_speed_change()
     assert torch.get_num_threads() == 1
+
+
+def test_a_lowered_count_rises_again_where_cores_sat_idle_over_an_epoch(keep_threads, monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "idle_cores", lambda: 0.2)  # busy as the run starts: 1 thread of 2
+    torch.set_num_threads(2)
+    threads.choose_threads(None)
+    assert torch.get_num_threads() == 1
+    stat = tmp_path / "stat"
+    _stat(stat, idle=0, busy=0)
+    assert threads.more_threads_if_idle(str(stat)) is None  # the first reading
+    _stat(stat, idle=10, busy=190)  # 2 cores x 100 jiffies: 0.1 core idle while the run trained on one
+    assert threads.more_threads_if_idle(str(stat)) is None and torch.get_num_threads() == 1
+    _stat(stat, idle=100, busy=300)  # the next 200 jiffies: 0.9 core idle, the other work ended
+    assert threads.more_threads_if_idle(str(stat)) == ("other work left 0.9 cores idle over the last epoch: training "
+                                                       "with 2 threads instead of 1 (--workers N fixes the count)")
+    assert torch.get_num_threads() == 2
+    _stat(stat, idle=300, busy=300)
+    assert threads.more_threads_if_idle(str(stat)) is None  # already at the count chosen among
+    threads.restore_threads()
+    threads.choose_threads(1)  # the user's count stays, however idle the machine
+    _stat(stat, idle=500, busy=300)
+    assert threads.more_threads_if_idle(str(stat)) is None and torch.get_num_threads() == 1
+
+
+def test_the_trainer_takes_idle_cores_at_an_epochs_end_and_times_the_sizes_again(keep_threads, monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "idle_cores", lambda: 0.2)
+    torch.set_num_threads(2)
+    threads.choose_threads(None)
+    # 1.8 cores idle over the first epoch (the run's own slack counts too), then 2 threads
+    readings = iter([(0, 0, 2), (180, 200, 2), (380, 400, 2)])
+    monkeypatch.setattr(threads, "_cpu_times", lambda stat: next(readings))
+    dataset = load_dataset("digits")
+    run = run_configs(ExperimentConfig(epochs=2, batch_size=32, schedules=("decay",)), dataset.train_size)[0]
+    trainer = Trainer(run, ClassificationTask(dataset), DistInfo())
+    with pytest.warns(UserWarning, match=r"run decay-momentum-seed0: other work left 1.8 cores idle over the last "
+                                         r"epoch: training with 2 threads instead of 1"):
+        records = list(trainer.epochs(lambda: None))
+    assert len(records) == 2 and torch.get_num_threads() == 2
+    assert trainer.micro.size_retimings == 1 and trainer.state_dict()["threads"] == 2  # what a resume takes

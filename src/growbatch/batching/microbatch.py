@@ -254,6 +254,16 @@ class MicroBatcher:
             key = (tuple(entry["shape"]), getattr(torch, entry["dtype"]), self.device, autocast)
             self._restored[key] = entry["search"]  # merged at first use, under this machine's memory limit
 
+    def retime(self) -> None:
+        """Time the micro-batch sizes again from the next update on (the thread count changed, say); the memory
+        limits stay. Only "auto" has sizes to time."""
+        for search in self._searches.values():
+            search.restart()
+        self._restored.clear()  # measured by the run this one resumed, under the same conditions
+        self._windows.clear()
+        self._watches.clear()
+        self.size_retimings += bool(self._searches)
+
     def measured_throughput(self, inputs: torch.Tensor) -> dict[int, float]:
         """Samples/s measured so far per micro-batch size, for inputs shaped like ``inputs`` ("auto" only)."""
         search = self.size_search(inputs)

@@ -10,7 +10,10 @@ its checkpoint recorded, so it stays bit-identical to the uninterrupted run (NOT
 When training at the chosen micro-batch size later changes speed 1.5x (NOTE [watch] in
 batching/microbatch_size.py: other work started or ended), the idle cores are counted again
 (:func:`rechoose_threads`). Beside a load that began after the first epoch, 2 threads chosen on the idle machine
-trained the MNIST CNN at 250-330 samples/s, where 1 thread beside a load from the start trained at 680.
+trained the MNIST CNN at 250-330 samples/s, where 1 thread beside a load from the start trained at 680. A count
+lowered that way is raised again at an epoch's end when the other work has ended: with fewer threads than cores,
+training at one thread's speed would not change speed when a core frees up, so the watch cannot see it, but
+/proc/stat over the epoch does (:func:`more_threads_if_idle`).
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import time
 
 import torch
 
-__all__ = ["choose_threads", "idle_cores", "threads_for", "follows_checkpoint", "rechoose_threads", "restore_threads"]
+__all__ = ["choose_threads", "idle_cores", "threads_for", "follows_checkpoint", "more_threads_if_idle",
+           "rechoose_threads", "restore_threads"]
 
 SAMPLE_S = 0.25  # how long the idle cores are counted at start
 _automatic = False  # True once choose_threads picked the count itself (the user chose none)
 _cores = 0  # the count choose_threads chose among (torch's default: one per core), for rechoose_threads
 _before: list[tuple[int, bool, int]] = []  # what choose_threads replaced, for restore_threads
+_reading: tuple[int, int, int] | None = None  # /proc/stat at the last more_threads_if_idle
 
 
 def idle_cores(interval: float = SAMPLE_S, stat: str = "/proc/stat") -> float | None:
@@ -99,6 +104,24 @@ def rechoose_threads(idle: float | None = None) -> str | None:
     torch.set_num_threads(threads)
     return (f"training changed speed 1.5x and other work now leaves {idle:.1f} cores idle: training with "
             f"{threads} thread{'s' * (threads > 1)} instead of {before} (--workers N fixes the count)")
+
+
+def more_threads_if_idle(stat: str = "/proc/stat") -> str | None:
+    """Where growbatch chose fewer threads than cores, and cores sat idle since the last call while this run
+    trained, take them: one thread per core at least three quarters idle, on top of the threads in use. Returns a
+    line for the user when the count rose, else None (also on the first call, which only reads /proc/stat)."""
+    global _reading
+    before, _reading = _reading, _cpu_times(stat)
+    threads = torch.get_num_threads()
+    if not _automatic or threads >= _cores or before is None or _reading is None or _reading[1] <= before[1]:
+        return None
+    idle = _reading[2] * (_reading[0] - before[0]) / (_reading[1] - before[1])
+    more = threads_for(_cores, threads + idle)
+    if more <= threads:
+        return None
+    torch.set_num_threads(more)
+    return (f"other work left {idle:.1f} cores idle over the last epoch: training with {more} threads instead of "
+            f"{threads} (--workers N fixes the count)")
 
 
 def follows_checkpoint() -> bool:

@@ -31,7 +31,7 @@ from .distributed import (
 )
 from .settings import RunConfig
 from .task import Task, autocast_dtype
-from .threads import follows_checkpoint, rechoose_threads
+from .threads import follows_checkpoint, more_threads_if_idle, rechoose_threads
 
 __all__ = ["Trainer", "TrainerState", "EpochTally", "Observer", "StopFlag", "DivergenceError", "Interrupted",
            "build_optimizer"]
@@ -147,6 +147,7 @@ class Trainer:
                                   noise_scale=self.noise_scale, split_for_noise_scale=mode == "split",
                                   on_speed_change=self._speed_changed)
         self.state = TrainerState(last_lr=self.scheduler.get_last_lr()[0])
+        more_threads_if_idle()  # the first reading of /proc/stat (NOTE [threads under load] in threads.py)
         self._search_seen = 0.0  # of micro.search_s, already moved into state.size_search_s
         self.schedule = config.schedule  # as realised so far: an adaptive run extends it after every epoch
 
@@ -286,6 +287,14 @@ class Trainer:
         if line is not None:
             warnings.warn(f"run {self.config.name}: {line}")
 
+    def _take_idle_cores(self) -> None:
+        """At an epoch's end: a thread count growbatch lowered rises again where cores sat idle over the epoch;
+        the micro-batch sizes, timed with the old count, are timed again."""
+        line = more_threads_if_idle()
+        if line is not None:
+            warnings.warn(f"run {self.config.name}: {line}")
+            self.micro.retime()
+
     def _count_time(self, since: float) -> None:
         """Add the time since ``since`` to the counters. NOTE [honest wall time]: what "auto" spends on passes that
         train nothing (its memory estimate, a forward pass per input shape) goes to ``size_search_s``, not
@@ -319,6 +328,7 @@ class Trainer:
         state.records.append(record)
         state.epoch += 1
         state.tally = EpochTally()
+        self._take_idle_cores()  # before the epoch's checkpoint, which records the thread count (NOTE [threads])
         return record
 
     def set_schedule(self, schedule: Schedule) -> None:
