@@ -323,7 +323,8 @@ class Clock:
 
 
 class Clocked(nn.Module):
-    """A model whose forward pass of n samples takes n / rate(n) seconds on ``clock``; records each pass's size."""
+    """A model whose forward pass of n samples takes n / rate seconds on ``clock``, at the rate of the largest size
+    in ``rates`` up to n; records each pass's size."""
 
     def __init__(self, module: nn.Module, clock: Clock, rates: dict[int, float]) -> None:
         super().__init__()
@@ -331,7 +332,7 @@ class Clocked(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         self.sizes.append(len(inputs))
-        self.clock.now += len(inputs) / self.rates[len(inputs)]
+        self.clock.now += len(inputs) / self.rates[max(size for size in self.rates if size <= len(inputs))]
         return self.module(inputs)
 
 
@@ -582,3 +583,19 @@ def test_retime_starts_the_search_over_and_a_fixed_size_has_none(clock: Clock):
     fixed = MicroBatcher(model, F.cross_entropy, micro_batch_size=32)
     fixed.retime()
     assert fixed.size_retimings == 0 and fixed.backward(inputs, targets, global_batch_size=128).micro_batch_size == 32
+
+
+def test_a_large_update_times_a_candidate_in_its_first_passes_and_trains_the_rest_at_the_last_choice(clock: Clock):
+    model = Clocked(make(lambda: cnn(GhostBatchNorm2d, ghost_batch_size=8)), clock, dict(CPU_RATES))
+    inputs, targets = batch(640)
+    micro = MicroBatcher(model, F.cross_entropy, memory_budget_bytes=2**30)
+    for _ in range(20):
+        micro.backward(inputs[:128], targets[:128], global_batch_size=128)
+    assert micro.backward(inputs[:128], targets[:128], global_batch_size=128).micro_batch_size == 64
+    micro.retime()  # the thread count changed: 16 is timed first again
+    model.sizes.clear()
+    model.zero_grad(set_to_none=True)
+    micro.backward(inputs, targets, global_batch_size=640)
+    # a warm-up pass of 16 and 16 timed ones (256 samples), then the rest at 64, the size chosen last
+    assert model.sizes == [16] * 17 + [64] * 5 + [48]
+    assert_relative_close(gradients(model), full_batch_gradients(model, inputs, targets))

@@ -7,6 +7,7 @@ Under DDP only the last micro-batch synchronises (``no_sync()`` on the others), 
 from __future__ import annotations
 
 import functools
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from ..checks import check_positive_int
 from .ghost_bn import check_ghost_batch_size, largest_ghost_batch_size
 from .microbatch_size import (
     FIRST_CANDIDATE,
+    MEASURE_SAMPLES,
     MEMORY_FRACTION,
     SizeSearch,
     SpeedWatch,
@@ -171,6 +173,8 @@ class MicroBatcher:
         self.size_retimings = 0  # searches started again because training at the chosen size changed speed
         self._restored: dict[tuple, dict] = {}  # searches from load_state_dict, not used yet
         self._windows: dict[tuple, TimingWindow] = {}  # the candidate being timed, per signature
+        self._fallback: dict[tuple, int] = {}  # the last size chosen per signature, for the rest of such updates
+        self._rest_size = 0  # the passes after a candidate's in this update (_plan)
         self._watches: dict[tuple, SpeedWatch] = {}  # the chosen size's speed, per signature (CPU)
         self._timing: tuple[tuple, TimingWindow | SpeedWatch] | None = None  # what this update's passes feed
         self._synchronising = False  # True during a DDP model's last (all-reducing) micro-batch
@@ -207,15 +211,15 @@ class MicroBatcher:
             self.noise_scale.start_update()
         if length == 0:
             return self._empty_share(inputs, targets)
-        size = self._choose(inputs, targets, length)
+        sizes = self._plan(inputs, targets, length)
         if self.micro_batch_size != "auto":
-            return self._accumulate(inputs, targets, size, world_size / global_batch_size, length)
+            return self._accumulate(inputs, targets, sizes, world_size / global_batch_size)
         while True:
             buffers = _copy_buffers(self.module)
             try:
-                return self._accumulate(inputs, targets, size, world_size / global_batch_size, length)
+                return self._accumulate(inputs, targets, sizes, world_size / global_batch_size)
             except torch.OutOfMemoryError:
-                smaller = None if self._synchronising else self.size_search(inputs).halve(size)
+                smaller = None if self._synchronising else self.size_search(inputs).halve(max(sizes))
                 self._timing = None  # the size that ran out of memory is measured no further
                 self._windows.pop(_signature(inputs, self), None)
                 if smaller is None:
@@ -224,7 +228,7 @@ class MicroBatcher:
                 self._synchronising = False
             # outside the except block: the traceback, and the tensors its frames held, are gone
             self._restart(buffers)
-            size = smaller
+            sizes = micro_batch_sizes(length, smaller, fold_single_sample=self._folds_single_sample)
             if self.noise_scale is not None:
                 self.noise_scale.start_update()
 
@@ -273,11 +277,9 @@ class MicroBatcher:
         """The search behind "auto" for inputs shaped like ``inputs`` (memory limit, estimate); None before one."""
         return self._searches.get(_signature(inputs, self))
 
-    def _accumulate(self, inputs: Any, targets: Any, size: int, weight_per_sample: float,
-                    length: int) -> StepResult:
+    def _accumulate(self, inputs: Any, targets: Any, sizes: list[int], weight_per_sample: float) -> StepResult:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         sums: dict[str, torch.Tensor] = {}
-        sizes = micro_batch_sizes(length, size, fold_single_sample=self._folds_single_sample)
         pieces = list(zip(split_batch(inputs, sizes), split_batch(targets, sizes)))
         for index, (micro_inputs, micro_targets) in enumerate(pieces):
             last = index == len(pieces) - 1
@@ -309,7 +311,7 @@ class MicroBatcher:
                 sums[key] = sums[key] + value.detach() if key in sums else value.detach()
         # one device-to-host copy per update, not one per micro-batch
         values = torch.stack([loss_sum, *(v.double() for v in sums.values())]).tolist()
-        return StepResult(loss_sum=values[0], samples=length, micro_batches=len(pieces),
+        return StepResult(loss_sum=values[0], samples=sum(sizes), micro_batches=len(pieces),
                           micro_batch_size=max(sizes), sums=dict(zip(sums, values[1:])))
 
     def _to_device(self, batch: Any) -> Any:
@@ -334,6 +336,24 @@ class MicroBatcher:
 
     def _prepare(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.transform(inputs) if self.transform is not None else inputs
+
+    def _plan(self, inputs: Any, targets: Any, length: int) -> list[int]:
+        """The sizes of this update's passes. While a candidate size is timed (NOTE [online timing]), the update
+        opens with as many passes of it as its window still needs and trains the rest at the best size known, so
+        a candidate costs a few hundred samples at its speed, not whole updates of thousands."""
+        size = self._choose(inputs, targets, length)
+        fold = self._folds_single_sample
+        if self._timing is None or not isinstance(self._timing[1], TimingWindow):
+            return micro_batch_sizes(length, size, fold_single_sample=fold)
+        window = self._timing[1]
+        needed = (not window.warmed) + math.ceil(max(MEASURE_SAMPLES - window.samples, 1) / size)
+        head = min(needed, length // size)
+        if head * size == length:
+            return micro_batch_sizes(length, size, fold_single_sample=fold)
+        sizes = [size] * head + micro_batch_sizes(length - head * size, self._rest_size)
+        if fold and sizes[-1] == 1:  # NOTE [one-sample micro-batch]
+            sizes[-2:] = [sizes[-2] + 1]
+        return sizes
 
     def _choose(self, inputs: Any, targets: Any, length: int) -> int:
         return self._split_for_noise_scale(self._chosen_size(inputs, targets, length), length)
@@ -368,8 +388,11 @@ class MicroBatcher:
             if key not in self._windows or self._windows[key].size != size:
                 self._windows[key] = TimingWindow(size)
             self._timing = (key, self._windows[key])
+            # the rest of the update (_plan): the size chosen last (at a smaller batch, or before the machine
+            # changed) where it is larger than the candidate; candidates grow, and small passes are the slow ones
+            self._rest_size = min(max(self._fallback.get(key, 0), size), search.memory_limit)
             return size
-        size = search.chosen(cap)
+        size = self._fallback[key] = search.chosen(cap)
         if self.device.type == "cpu" and size in search.throughput:  # NOTE [watch]
             watch = self._watches.get(key)
             if watch is None or (watch.size, watch.measured) != (size, search.throughput[size]):

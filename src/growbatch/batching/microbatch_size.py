@@ -207,9 +207,10 @@ def fewest_passes(throughput: dict[int, float]) -> int:
 
 
 # NOTE [online timing]: the passes that time a candidate size are training passes: an update whose size is still
-# being searched is split into micro-batches of the candidate, and those passes are timed as they train. The
-# gradient is the same sum whatever the split (only the float rounding differs), so the search costs no extra
-# work, only the updates trained at slower candidates. Before (issue 19, bench_peers.py, MNIST CNN on 6,400
+# being searched opens with as many micro-batches of the candidate as its window still needs, timed as they train,
+# and trains the rest at the size chosen last (MicroBatcher._plan). The gradient is the same sum whatever the
+# split (only the float rounding differs), so the search costs no extra work, only the passes trained at slower
+# candidates: a few hundred samples each. Before (issue 19, bench_peers.py, MNIST CNN on 6,400
 # images a phase, idle) separate timed passes took 2.9 s of a 15.3 s run, which left "auto" at 0.78x the best
 # fixed size; and re-timing beside a load that began mid-run took 52 s of an 82 s run, so it was left out.
 
