@@ -2,7 +2,8 @@
 
 Part ``precision``: training throughput (samples/s over whole updates: zero_grad, forward + backward through
 ``MicroBatcher``, SGD step) of the MNIST CNN and the CIFAR networks (resnet20; airbench-small, the study's model) with ``autocast_dtype=None``
-(``--precision fp32``) and ``torch.bfloat16`` (``--precision bf16``), the configurations interleaved round by
+(``--precision fp32``) and ``torch.bfloat16`` (``--precision bf16``), and float32 in channels_last
+(``--channels-last``), the configurations interleaved round by
 round (A B C D, A B C D, ...) so that machine noise falls on all of them; with the float32 and bfloat16
 ``torch.mm`` rates of the same threads.
 
@@ -11,7 +12,7 @@ Part ``flops``: the MNIST CNN's float32 training FLOP/s as a fraction of the flo
 or ``fused``, 2 or 1 threads (each against the matmul rate at its own thread count), interleaved likewise;
 each variant's weights after a few updates are compared bit for bit with the baseline's (``exact``).
 
-Run: ``python bench/bench_precision.py`` (~40 s idle on 2 cores), ``--part precision`` or ``--part flops``.
+Run: ``python bench/bench_precision.py`` (~1.5 min idle on 2 cores), ``--part precision`` or ``--part flops``.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def precision_part(rounds: int) -> dict:
             trainee = Trainee(model_name, batch, autocast_dtype=dtype)
             trainees[f"{model_name} {precision}"] = lambda t=trainee, u=updates: t.seconds(u)
             batches[f"{model_name} {precision}"] = batch
+        trainee = Trainee(model_name, batch, channels_last=True)  # the fastest float32 layout (flops part)
+        trainees[f"{model_name} fp32 channels_last"] = lambda t=trainee, u=updates: t.seconds(u)
     times = interleaved(trainees, rounds)
     rows = []
     for model_name in MODELS:
@@ -112,7 +115,9 @@ def precision_part(rounds: int) -> dict:
         rows.append({"model": model_name, "batch_size": batches[f"{model_name} fp32"],
                      "updates_timed": len(times[f"{model_name} fp32"]),
                      "fp32_samples_per_s": round(fp32, 1), "bf16_samples_per_s": round(bf16, 1),
-                     "bf16_speedup": round(bf16 / fp32, 3)})
+                     "bf16_speedup": round(bf16 / fp32, 3),
+                     "fp32_channels_last_samples_per_s": round(
+                         batches[f"{model_name} fp32"] / statistics.median(times[f"{model_name} fp32 channels_last"]), 1)})
     return {"matmul_2048_gflop_per_s": {name: round(matmul_rate(dtype or torch.float32) / 1e9, 1)
                                         for name, dtype in PRECISIONS.items()},
             "training": rows}
