@@ -49,8 +49,9 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output directory (default runs/EXPERIMENT-DATASET)")
     p.add_argument("--workers", type=_flag_type(_thread_count), default=None,
                    help="CPU threads for training (data sets are held in memory, so no loader processes; "
-                        "default: one per core left idle by other work as the run starts, at least 1; a resume "
-                        "takes the count its checkpoint recorded)")
+                        "default: one per core left idle by other work, at least 1, counted as the run starts and again "
+                        "when training speeds up or slows down 1.5x or cores sat idle over an epoch; a resume "
+                        "starts with the count its checkpoint recorded)")
     p.add_argument("--resume", action="store_true", help="continue the experiment already in --out (default: off)")
     p.add_argument("--force", action="store_true", help="start over in an --out that holds results (default: off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on a terminal, only the per-epoch lines (default: off)")
