@@ -41,6 +41,21 @@ def _stat(path: Path, idle: int, busy: int) -> None:
                     "intr 0\n")
 
 
+def _choose_automatically(monkeypatch, cores: int, idle: float) -> str | None:
+    """growbatch's own choice (no --workers, no OMP_NUM_THREADS) among ``cores`` threads with ``idle`` cores idle."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "idle_cores", lambda: idle)
+    torch.set_num_threads(cores)
+    return threads.choose_threads(None)
+
+
+def _digits_trainer(epochs: int) -> Trainer:
+    dataset = load_dataset("digits")
+    run = run_configs(ExperimentConfig(epochs=epochs, batch_size=32, schedules=("decay",)), dataset.train_size)[0]
+    return Trainer(run, ClassificationTask(dataset), DistInfo())
+
+
 def test_idle_cores_from_proc_stat_and_none_where_it_is_unreadable(tmp_path: Path) -> None:
     stat = tmp_path / "stat"
     _stat(stat, idle=100, busy=100)
@@ -101,11 +116,7 @@ def test_a_command_run_in_process_leaves_the_thread_count_as_it_was(keep_threads
 def test_a_chosen_count_is_chosen_again_when_the_machine_changes(keep_threads, monkeypatch) -> None:
     """NOTE [watch]: the Trainer calls rechoose_threads when training changes speed; only growbatch's own choice
     moves, within the count it chose among, and a line says so when it changes."""
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    monkeypatch.setattr(threads, "idle_cores", lambda: 4.0)
-    torch.set_num_threads(4)
-    assert threads.choose_threads(None) is None and torch.get_num_threads() == 4  # idle: all four
+    assert _choose_automatically(monkeypatch, 4, idle=4.0) is None and torch.get_num_threads() == 4  # idle: all four
     line = threads.rechoose_threads(idle=0.3)  # other work took the cores
     assert torch.get_num_threads() == 1
     assert line == ("training changed speed 1.5x and other work now leaves 0.3 cores idle: training with 1 thread "
@@ -119,14 +130,8 @@ def test_a_chosen_count_is_chosen_again_when_the_machine_changes(keep_threads, m
 
 
 def test_the_trainer_chooses_the_threads_again_when_auto_sees_the_speed_change(keep_threads, monkeypatch) -> None:
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    monkeypatch.setattr(threads, "idle_cores", lambda: 2.0)
-    torch.set_num_threads(2)
-    threads.choose_threads(None)
-    dataset = load_dataset("digits")
-    run = run_configs(ExperimentConfig(epochs=1, batch_size=32, schedules=("decay",)), dataset.train_size)[0]
-    trainer = Trainer(run, ClassificationTask(dataset), DistInfo())
+    _choose_automatically(monkeypatch, 2, idle=2.0)
+    trainer = _digits_trainer(epochs=1)
     assert trainer.micro.on_speed_change is not None
     monkeypatch.setattr(threads, "idle_cores", lambda: 0.2)
     with pytest.warns(UserWarning, match=r"run decay-momentum-seed0: training changed speed 1.5x and other work now "
@@ -136,11 +141,7 @@ def test_the_trainer_chooses_the_threads_again_when_auto_sees_the_speed_change(k
 
 
 def test_a_lowered_count_rises_again_where_cores_sat_idle_over_an_epoch(keep_threads, monkeypatch, tmp_path) -> None:
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    monkeypatch.setattr(threads, "idle_cores", lambda: 0.2)  # busy as the run starts: 1 thread of 2
-    torch.set_num_threads(2)
-    threads.choose_threads(None)
+    _choose_automatically(monkeypatch, 2, idle=0.2)  # busy as the run starts: 1 thread of 2
     assert torch.get_num_threads() == 1
     stat = tmp_path / "stat"
     _stat(stat, idle=0, busy=0)
@@ -160,17 +161,11 @@ def test_a_lowered_count_rises_again_where_cores_sat_idle_over_an_epoch(keep_thr
 
 
 def test_the_trainer_takes_idle_cores_at_an_epochs_end_and_times_the_sizes_again(keep_threads, monkeypatch) -> None:
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    monkeypatch.setattr(threads, "idle_cores", lambda: 0.2)
-    torch.set_num_threads(2)
-    threads.choose_threads(None)
+    _choose_automatically(monkeypatch, 2, idle=0.2)
     # 1.8 cores idle over the first epoch (the run's own slack counts too), then 2 threads
     readings = iter([(0, 0, 2), (180, 200, 2), (380, 400, 2)])
     monkeypatch.setattr(threads, "_cpu_times", lambda stat: next(readings))
-    dataset = load_dataset("digits")
-    run = run_configs(ExperimentConfig(epochs=2, batch_size=32, schedules=("decay",)), dataset.train_size)[0]
-    trainer = Trainer(run, ClassificationTask(dataset), DistInfo())
+    trainer = _digits_trainer(epochs=2)
     with pytest.warns(UserWarning, match=r"run decay-momentum-seed0: other work left 1.8 cores idle over the last "
                                          r"epoch: training with 2 threads instead of 1"):
         records = list(trainer.epochs(lambda: None))
