@@ -174,7 +174,6 @@ class MicroBatcher:
         self._restored: dict[tuple, dict] = {}  # searches from load_state_dict, not used yet
         self._windows: dict[tuple, TimingWindow] = {}  # the candidate being timed, per signature
         self._fallback: dict[tuple, int] = {}  # the last size chosen per signature, for the rest of such updates
-        self._rest_size = 0  # the passes after a candidate's in this update (_plan)
         self._watches: dict[tuple, SpeedWatch] = {}  # the chosen size's speed, per signature (CPU)
         self._timing: tuple[tuple, TimingWindow | SpeedWatch] | None = None  # what this update's passes feed
         self._synchronising = False  # True during a DDP model's last (all-reducing) micro-batch
@@ -345,12 +344,15 @@ class MicroBatcher:
         fold = self._folds_single_sample
         if self._timing is None or not isinstance(self._timing[1], TimingWindow):
             return micro_batch_sizes(length, size, fold_single_sample=fold)
-        window = self._timing[1]
+        key, window = self._timing
         needed = (not window.warmed) + math.ceil(max(MEASURE_SAMPLES - window.samples, 1) / size)
         head = min(needed, length // size)
         if head * size == length:
             return micro_batch_sizes(length, size, fold_single_sample=fold)
-        sizes = [size] * head + micro_batch_sizes(length - head * size, self._rest_size)
+        # the rest at the size chosen last (at a smaller batch, or before the machine changed) where it is larger
+        # than the candidate: candidates grow, and small passes are the slow ones
+        rest = min(max(self._fallback.get(key, 0), window.size), self._searches[key].memory_limit)
+        sizes = [size] * head + micro_batch_sizes(length - head * size, rest)
         if fold and sizes[-1] == 1:  # NOTE [one-sample micro-batch]
             sizes[-2:] = [sizes[-2] + 1]
         return sizes
@@ -388,9 +390,6 @@ class MicroBatcher:
             if key not in self._windows or self._windows[key].size != size:
                 self._windows[key] = TimingWindow(size)
             self._timing = (key, self._windows[key])
-            # the rest of the update (_plan): the size chosen last (at a smaller batch, or before the machine
-            # changed) where it is larger than the candidate; candidates grow, and small passes are the slow ones
-            self._rest_size = min(max(self._fallback.get(key, 0), size), search.memory_limit)
             return size
         size = self._fallback[key] = search.chosen(cap)
         if self.device.type == "cpu" and size in search.throughput:  # NOTE [watch]
